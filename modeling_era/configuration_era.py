@@ -1,0 +1,115 @@
+"""Configuration of an ERA adapter: everything needed to use it correctly, nothing hidden elsewhere.
+
+This file travels to the Hugging Face Hub with every adapter (``trust_remote_code``): it imports only
+the standard library and ``transformers``, and does nothing at import time.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+ADAPTER_TYPES = ("linear", "low_rank", "mlp")
+POOLING_MODES = ("mean", "cls", "last_token")
+SIMILARITIES = ("cosine", "dot")
+
+
+class EraConfig(PretrainedConfig):
+    r"""Configuration of an ERA adapter that maps query-encoder embeddings into a doc encoder's space.
+
+    Args:
+        query_encoder (`str`, *optional*):
+            Hub id (or local path) of the strong query encoder whose pooled embeddings feed the adapter.
+            For API-only query encoders (e.g. OpenAI vectors) it is a descriptive name; no backbone is loaded.
+        query_encoder_revision (`str`, *optional*):
+            Git revision (commit, tag or branch) of `query_encoder` the adapter was trained with.
+        doc_encoder (`str`, *optional*):
+            Hub id of the light doc encoder that built the index this adapter searches.
+        doc_encoder_revision (`str`, *optional*):
+            Revision of `doc_encoder`.
+        query_dim (`int`): Dimension of the query encoder's pooled embedding (the adapter's input).
+        doc_dim (`int`): Dimension of the doc encoder's embedding (the adapter's output).
+        adapter_type (`str`): Adapter family: `"linear"` (the paper's W·x + b), `"low_rank"`
+            (B·A·x + b, plus x itself when the dims are equal; for large dims) or `"mlp"` (W·x + b plus a
+            small GELU MLP residual whose output layer starts at zero).
+        adapter_rank (`int`): Inner rank of the `low_rank` family.
+        adapter_hidden_dim (`int`): Hidden width of the `mlp` family.
+        normalize_input (`bool`): L2-normalise the query encoder's pooled embedding before the adapter, as
+            the query encoder's own sentence-transformers pipeline does.
+        normalize_output (`bool`): L2-normalise the adapter's output (required for a cosine index).
+        similarity (`str`): Similarity the doc index uses: `"cosine"` or `"dot"`.
+        pooling (`str`): How the query backbone's token states become one vector: `"mean"`, `"cls"` or
+            `"last_token"`.
+        max_seq_length (`int`): Token limit for queries; longer prompts are truncated.
+        prompt_template (`str`): How a query is shown to the query encoder. Must contain `{query}`; may
+            contain `{instruction}`.
+        default_instruction (`str`): Instruction used when the caller passes none.
+        bundle_backbone (`bool`): Whether the query backbone's weights are stored in this folder
+            (self-contained artifact) rather than loaded from `query_encoder` by reference.
+        backbone_config (`dict`, *optional*): The bundled backbone's own config (only when bundled).
+        training_metadata (`dict`): Free-form record written by the training stages: recipe, seeds,
+            data and split, metrics.
+    """
+
+    model_type = "era"
+    _auto_class = "AutoConfig"
+
+    def __init__(
+        self,
+        query_encoder: str | None = None,
+        query_encoder_revision: str | None = None,
+        doc_encoder: str | None = None,
+        doc_encoder_revision: str | None = None,
+        query_dim: int = 768,
+        doc_dim: int = 384,
+        adapter_type: str = "linear",
+        adapter_rank: int = 64,
+        adapter_hidden_dim: int = 1024,
+        normalize_input: bool = True,
+        normalize_output: bool = True,
+        similarity: str = "cosine",
+        pooling: str = "mean",
+        max_seq_length: int = 256,
+        prompt_template: str = "{instruction} {query}",
+        default_instruction: str = "",
+        bundle_backbone: bool = False,
+        backbone_config: dict[str, Any] | None = None,
+        training_metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _check_choice("adapter_type", adapter_type, ADAPTER_TYPES)
+        _check_choice("pooling", pooling, POOLING_MODES)
+        _check_choice("similarity", similarity, SIMILARITIES)
+        if "{query}" not in prompt_template:
+            raise ValueError(
+                f"prompt_template {prompt_template!r} has no '{{query}}' slot; "
+                "write it like '{instruction} {query}'."
+            )
+        for name, value in (("query_dim", query_dim), ("doc_dim", doc_dim), ("max_seq_length", max_seq_length)):
+            if int(value) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        self.query_encoder = query_encoder
+        self.query_encoder_revision = query_encoder_revision
+        self.doc_encoder = doc_encoder
+        self.doc_encoder_revision = doc_encoder_revision
+        self.query_dim = int(query_dim)
+        self.doc_dim = int(doc_dim)
+        self.adapter_type = adapter_type
+        self.adapter_rank = int(adapter_rank)
+        self.adapter_hidden_dim = int(adapter_hidden_dim)
+        self.normalize_input = normalize_input
+        self.normalize_output = normalize_output
+        self.similarity = similarity
+        self.pooling = pooling
+        self.max_seq_length = int(max_seq_length)
+        self.prompt_template = prompt_template
+        self.default_instruction = default_instruction
+        self.bundle_backbone = bundle_backbone
+        self.backbone_config = backbone_config
+        self.training_metadata = dict(training_metadata or {})
+        super().__init__(**kwargs)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}.")

@@ -1,0 +1,1 @@
+"""The ERA pipeline: data -> embeddings -> align -> adapt -> evaluate -> card -> Hub."""
