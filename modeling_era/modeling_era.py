@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import cached_file
 
 from .configuration_era import EraConfig
 
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_PREFIX = "backbone."
+LORA_PREFIX = "lora."  # LoRA weights of the query backbone (config.lora_config), stored with the adapter
 # Keyword arguments of `from_pretrained` that also apply when fetching the backbone by reference.
 _BACKBONE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "proxies", "dtype", "device_map")
 
@@ -200,8 +202,14 @@ class EraPreTrainedModel(PreTrainedModel):
                     f"the weights file of {path} is corrupt or truncated ({error}); re-download or re-save it."
                 ) from error
             raise
+        lora = getattr(model.config, "lora_config", None)
+        if lora and cls is not EraQueryEncoder:
+            raise ValueError(
+                f"{path} was trained with a LoRA on its query backbone, so vectors of the plain query encoder do "
+                "not fit it; load it with EraQueryEncoder (AutoModel.from_pretrained(..., trust_remote_code=True))."
+            )
         problems = [f"missing {k}" for k in info["missing_keys"]]
-        problems += [f"unexpected {k}" for k in info["unexpected_keys"]]
+        problems += [f"unexpected {k}" for k in info["unexpected_keys"] if not (lora and k.startswith(LORA_PREFIX))]
         problems += [f"{k}: checkpoint {tuple(a)} vs config {tuple(b)}" for k, a, b in info["mismatched_keys"]]
         if problems:
             raise ValueError(
@@ -308,6 +316,8 @@ class EraQueryEncoder(EraPreTrainedModel):
     stores the backbone and tokenizer too, for a self-contained folder.
     """
 
+    _keys_to_ignore_on_load_unexpected = [r"^lora\."]  # LoRA weights: injected after the backbone loads
+
     def __init__(self, config: EraConfig) -> None:
         super().__init__(config)
         self.adapter = build_adapter(config)
@@ -364,7 +374,11 @@ class EraQueryEncoder(EraPreTrainedModel):
                     f"{pretrained_model_name_or_path} names no query encoder and bundles none; pass backbone=... "
                     "or load it with EraAdapter for precomputed query embeddings."
                 )
-            backbone = backbone or AutoModel.from_pretrained(source, revision=revision, **hub_kwargs)
+            # AutoModel's probe for a PEFT adapter ignores the hub kwargs unless handed them again.
+            probe_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "local_files_only", "proxies") if key in hub_kwargs}
+            backbone = backbone or AutoModel.from_pretrained(
+                source, revision=revision, adapter_kwargs=probe_kwargs, **hub_kwargs
+            )
         else:
             backbone = model.backbone
         hub_kwargs.pop("dtype", None), hub_kwargs.pop("device_map", None)
@@ -373,7 +387,28 @@ class EraQueryEncoder(EraPreTrainedModel):
             source, revision=revision, config=backbone.config, **hub_kwargs
         )
         model.attach_backbone(backbone.eval(), tokenizer)
+        if getattr(config, "lora_config", None):
+            weights = cached_file(pretrained_model_name_or_path, WEIGHTS_NAME, revision=kwargs.get("revision"), **hub_kwargs)
+            model._load_lora(weights)
         return model.eval()
+
+    def _load_lora(self, weights_file: str) -> None:
+        """Inject the LoRA of `config.lora_config` into the backbone and fill it from the weights file."""
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError as error:
+            raise ImportError("this ERA adapter carries a LoRA for its query backbone: pip install peft to load it.") from error
+        from safetensors.torch import load_file
+
+        state = {k[len(LORA_PREFIX):]: v for k, v in load_file(weights_file).items() if k.startswith(LORA_PREFIX)}
+        self.backbone = inject_adapter_in_model(LoraConfig(**self.config.lora_config), self.backbone)
+        expected = {k for k in self.backbone.state_dict() if "lora_" in k}
+        if set(state) != expected:
+            raise ValueError(
+                f"the LoRA weights in {weights_file} do not fit lora_config {self.config.lora_config} on this backbone "
+                f"(missing {sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]})."
+            )
+        self.backbone.load_state_dict(state, strict=False)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, bundle_backbone: bool | None = None, **kwargs: Any):
         """Save the adapter (by default) or adapter + backbone + tokenizer (`bundle_backbone=True`)."""
@@ -381,8 +416,15 @@ class EraQueryEncoder(EraPreTrainedModel):
         self.config.bundle_backbone = bundle
         self.config.backbone_config = self.backbone.config.to_dict() if bundle else None
         state = self.state_dict()
+        lora = {key: value for key, value in state.items() if key.startswith(BACKBONE_PREFIX) and "lora_" in key}
         if not bundle:
             state = {key: value for key, value in state.items() if not key.startswith(BACKBONE_PREFIX)}
+        if getattr(self.config, "lora_config", None):
+            if bundle:
+                raise ValueError("a LoRA backbone is saved by reference only: bundle_backbone=False (or merge it first).")
+            if not lora:
+                raise ValueError("config.lora_config is set but the backbone has no LoRA layers to save.")
+            state.update({LORA_PREFIX + key[len(BACKBONE_PREFIX):]: value for key, value in lora.items()})
         super().save_pretrained(save_directory, state_dict=state, **kwargs)
         if bundle:
             self.tokenizer.save_pretrained(save_directory)

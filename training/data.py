@@ -17,6 +17,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,8 @@ HUB_DOCS = "MAIR-Bench/MAIR-Docs"
 
 # Tasks whose queries are themselves documents of the corpus: a retrieved doc whose id equals the
 # qid must not count (BEIR's `ignore_identical_ids`).
+# Independent random streams (numpy SeedSequence entropy [stream, seed]) for each seeded choice.
+_TEST_STREAM, _TRAIN_STREAM, _VAL_STREAM, _STREAM_CORPUS = 0, 1, 2, 3
 IGNORE_IDENTICAL_IDS_TASKS = frozenset({"arguana", "ArguAna"})
 
 # MAIR's task -> domain table (sunnweiwei/MAIR README, "List of 6 domains and 126 tasks"); the
@@ -114,6 +117,23 @@ class Task:
             f"Task(name={self.name!r}, domain={self.domain!r}, docs={len(self.doc_ids)}, "
             f"queries={len(self.queries)}, ignore_identical_ids={self.ignore_identical_ids})"
         )
+
+
+def cap_corpus(task: Task, max_docs: int | None, seed: int = 0) -> Task:
+    """The task on a smaller corpus, as MAIR samples for efficiency: every judged document plus
+    seeded random others, up to `max_docs` (corpus order kept). `None` or a large cap: unchanged."""
+    if max_docs is None or len(task.doc_ids) <= max_docs:
+        return task
+    judged = {doc_id for query in task.queries for doc_id in query.labels}
+    judged_rows = [row for row, doc_id in enumerate(task.doc_ids) if doc_id in judged]
+    if len(judged_rows) > max_docs:
+        raise DataError(
+            f"task {task.name}: {len(judged_rows)} judged documents do not fit max_docs={max_docs}; raise the cap."
+        )
+    others = np.setdiff1d(np.arange(len(task.doc_ids)), judged_rows)
+    extra = np.random.default_rng([_STREAM_CORPUS, seed]).choice(others, max_docs - len(judged_rows), replace=False)
+    rows = np.sort(np.concatenate([np.asarray(judged_rows, dtype=np.int64), extra]))
+    return dataclasses.replace(task, doc_ids=[task.doc_ids[row] for row in rows], docs=task.docs.select(rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +617,6 @@ def _qrels_rows(path: Path) -> Iterator[tuple[int, tuple[str, str, float]]]:
 # ---------------------------------------------------------------------------------------------
 
 # Independent random streams, so that e.g. the training order never depends on the test draw.
-_TEST_STREAM, _TRAIN_STREAM, _VAL_STREAM = 0, 1, 2
 
 
 @dataclass(frozen=True)

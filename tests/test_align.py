@@ -1,0 +1,191 @@
+"""Stage 1: closed-form fits, gradient families, the saved artifact, multi-process equality, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from modeling_era import EraAdapter, EraConfig
+from tiny_models import make_tiny_bert, write_task
+from training.align import (
+    align,
+    choose_ridge,
+    fit_gradient,
+    procrustes,
+    ridge_statistics,
+    set_from_linear,
+)
+from training.loop import LoopConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ridge_recovers_a_known_affine_map():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 12))
+    weight, bias = rng.normal(size=(12, 5)), rng.normal(size=5)
+    fit = ridge_statistics(x, x @ weight + bias)
+    solved_weight, solved_bias, _ = fit.solve(1e-12)
+    np.testing.assert_allclose(solved_weight, weight, atol=1e-8)
+    np.testing.assert_allclose(solved_bias, bias, atol=1e-8)
+
+
+def test_ridge_strength_is_chosen_on_held_out_data():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 30))  # few texts, many dims: a strong ridge must win
+    y = x @ rng.normal(size=(30, 8)) * 0.1 + rng.normal(size=(40, 8))
+    x_held = rng.normal(size=(200, 30))
+    y_held = x_held @ rng.normal(size=(30, 8)) * 0.1 + rng.normal(size=(200, 8))
+    _, _, report = choose_ridge(ridge_statistics(x, y), x_held, y_held)
+    curve = report["held_out_cosine_by_alpha"]
+    assert curve[str(report["alpha"])] == max(curve.values())
+    assert report["alpha"] > 1e-4
+
+
+def test_fewer_texts_than_dimensions_is_regularised_not_singular():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(5, 40)), rng.normal(size=(5, 8))
+    weight, bias, _ = ridge_statistics(x, y).solve(1e-2)
+    assert np.isfinite(weight).all() and np.isfinite(bias).all()
+    with pytest.raises(ValueError, match="at least 2 training texts"):
+        ridge_statistics(x[:1], y[:1])
+
+
+def test_procrustes_is_orthogonal_and_recovers_a_rotation():
+    rng = np.random.default_rng(3)
+    rotation, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    x = rng.normal(size=(100, 10))
+    solved = procrustes(x, x @ rotation)
+    np.testing.assert_allclose(solved.T @ solved, np.eye(10), atol=1e-10)
+    np.testing.assert_allclose(solved, rotation, atol=1e-10)
+    with pytest.raises(ValueError, match="equal dims"):
+        procrustes(x, x[:, :5])
+
+
+@pytest.mark.parametrize("family", ["linear", "low_rank", "mlp"])
+def test_every_family_starts_as_the_linear_map(family):
+    rng = np.random.default_rng(4)
+    config = EraConfig(query_dim=12, doc_dim=6, adapter_type=family, adapter_rank=6, adapter_hidden_dim=8,
+                       normalize_input=False, normalize_output=False)
+    adapter = EraAdapter(config)
+    weight, bias = rng.normal(size=(12, 6)), rng.normal(size=6)
+    set_from_linear(adapter, weight, bias)
+    x = rng.normal(size=(7, 12))
+    with torch.no_grad():  # rank 6 = full rank here, so even low_rank is exact
+        np.testing.assert_allclose(adapter(torch.from_numpy(x).float()).numpy(), x @ weight + bias, atol=1e-4)
+
+
+def test_gradient_refinement_never_ends_worse_than_its_start(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    y = np.tanh(x @ rng.normal(size=(8, 4))).astype(np.float32)
+    config = EraConfig(query_dim=8, doc_dim=4, adapter_type="mlp", adapter_hidden_dim=16)
+    adapter = EraAdapter(config)
+    weight, bias, _ = ridge_statistics(x[:250], y[:250]).solve(1e-3)
+    set_from_linear(adapter, weight, bias)
+    curve = fit_gradient(adapter, x[:250], y[:250], x[250:], y[250:], loop=LoopConfig(epochs=30, lr=1e-2, patience=30),
+                         batch_size=64, loss="cosine", accelerator=Accelerator(cpu=True), checkpoint_dir=None)
+    best = max(point["validation"] for point in curve)
+    assert best > curve[0]["validation"] + 0.01  # the MLP learns the non-linearity ridge cannot
+    with torch.no_grad():
+        final = torch.nn.functional.cosine_similarity(adapter(torch.from_numpy(x[250:])), torch.from_numpy(y[250:])).mean()
+    assert float(final) == pytest.approx(best, abs=1e-6)  # the best epoch's weights are restored
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    query = make_tiny_bert(root / "query", hidden_size=32, seed=1)
+    doc = make_tiny_bert(root / "doc", hidden_size=16, seed=2)
+    write_task(root / "data" / "tiny", num_docs=60, num_queries=30)
+    return root, str(query), str(doc)
+
+
+def test_align_saves_a_complete_query_encoder(setup, tmp_path):
+    root, query, doc = setup
+    output = tmp_path / "aligned"
+    align(root / "data", query_encoder=query, doc_encoder=doc, output=output, num_texts=50, with_queries=True,
+          cache_dir=root / "cache")
+    config = json.loads((output / "config.json").read_text())
+    assert config["query_encoder"] == query and config["doc_encoder"] == doc
+    assert (config["query_dim"], config["doc_dim"]) == (32, 16)
+    meta = config["training_metadata"]
+    assert meta["mode"] == "align" and meta["tasks"] == ["tiny"]
+    assert meta["alignment"]["texts"]["tiny"] == {"documents": 50, "queries": 15}  # test queries never used
+    metrics = meta["alignment"]["metrics"]
+    assert -1 <= metrics["held_out_cosine"] <= 1 and 0 <= metrics["twin_recall@1"] <= 1
+    assert len(meta["alignment"]["texts_sha256"]) == 64
+    assert "ridge" in meta["recipe"] and (output / "README.md").is_file()
+    model = AutoModel.from_pretrained(output, trust_remote_code=True)
+    assert model.encode_queries(["find python code"]).shape == (1, 16)
+
+
+def test_align_is_deterministic(setup, tmp_path):
+    root, query, doc = setup
+    for name in ("a", "b"):
+        align(root / "data", query_encoder=query, doc_encoder=doc, output=tmp_path / name, num_texts=40,
+              adapter="mlp", epochs=3, adapter_hidden_dim=8, cache_dir=root / "cache")
+    first, second = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def _align_command(root: Path, query: str, doc: str, output: Path, *extra: str) -> list[str]:
+    return ["training/align.py", "--query-encoder", query, "--doc-encoder", doc, "--data", str(root / "data"),
+            "--output", str(output), "--num-texts", "50", "--cache-dir", str(root / "cache"), *extra]
+
+
+def test_two_processes_fit_the_same_linear_adapter(setup, tmp_path):
+    root, query, doc = setup
+    single = _align_command(root, query, doc, tmp_path / "one")
+    double = _align_command(root, query, doc, tmp_path / "two")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *single], check=True, cwd=REPO, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *double],
+                   check=True, cwd=REPO, env=env, capture_output=True)
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for key in one:  # float64 sums reduced in another order: equal to float32 rounding
+        torch.testing.assert_close(one[key], two[key], atol=1e-6, rtol=1e-6)
+
+
+def test_gradient_family_resumes_after_a_kill(setup, tmp_path):
+    root, query, doc = setup
+    extra = ["--adapter", "mlp", "--epochs", "40", "--patience", "40", "--adapter-hidden-dim", "64",
+             "--batch-size", "8"]
+    subprocess.run([sys.executable, *_align_command(root, query, doc, tmp_path / "full", *extra)],
+                   check=True, cwd=REPO, capture_output=True)
+    output = tmp_path / "killed"
+    checkpoint = tmp_path / ".killed.checkpoints" / "checkpoint.pt"
+    process = subprocess.Popen([sys.executable, *_align_command(root, query, doc, output, *extra)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if output.exists():
+        pytest.skip("the run finished before it could be killed; nothing to resume")
+    assert checkpoint.exists(), "no checkpoint was written before the kill"
+    subprocess.run([sys.executable, *_align_command(root, query, doc, output, *extra)], check=True, cwd=REPO,
+                   capture_output=True)
+    resumed, full = load_file(output / "model.safetensors"), load_file(tmp_path / "full" / "model.safetensors")
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], atol=0, rtol=0)
+
+
+def test_bad_input(setup, tmp_path):
+    root, query, doc = setup
+    with pytest.raises(Exception, match="no/such-encoder"):
+        align(root / "data", query_encoder="no/such-encoder", doc_encoder=doc, output=tmp_path / "x",
+              cache_dir=root / "cache")

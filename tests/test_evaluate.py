@@ -1,0 +1,119 @@
+"""The evaluation harness end to end on a fixture task with tiny random encoders, and its errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytrec_eval
+from transformers import AutoModel, AutoTokenizer
+
+from modeling_era import EraConfig, EraQueryEncoder
+from tiny_models import make_tiny_bert, write_task
+from training.evaluate import evaluate, main
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoders")
+    return str(make_tiny_bert(root / "query", hidden_size=32, seed=1)), str(make_tiny_bert(root / "doc", hidden_size=16, seed=2))
+
+
+def run_evaluation(tmp_path, encoders, systems, **kwargs):
+    query_encoder, doc_encoder = encoders
+    return evaluate(tmp_path / "data", systems, query_encoder=query_encoder, doc_encoder=doc_encoder,
+                    cache_dir=tmp_path / "cache", **kwargs)
+
+
+def test_end_to_end_report_and_outputs(tmp_path, encoders):
+    write_task(tmp_path / "data" / "tiny")
+    out = tmp_path / "out"
+    report = run_evaluation(tmp_path, encoders, ["doc2doc", "query2query", "query2doc"], output=out)
+    results = report["results"]
+    # Each query is its positive doc's exact text, so an encoder on both sides finds it first.
+    assert results["doc2doc"]["tasks"]["tiny"]["ndcg@10"] == pytest.approx(1.0)
+    assert results["query2query"]["macro"]["mrr@10"] == pytest.approx(1.0)
+    assert results["query2doc"]["macro"]["ndcg@10"] < 1.0
+    assert report["tasks"]["tiny"]["test_qids"] == report["tasks"]["tiny"]["split"]["test"]
+    assert len(report["tasks"]["tiny"]["test_qids"]) == 10  # half of 20 labeled queries
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"]["query2doc"]["tasks"]["tiny"]["ndcg@10"] == results["query2doc"]["tasks"]["tiny"]["ndcg@10"]
+    assert (out / "ndcg10.png").stat().st_size > 1000
+    assert "| query2doc |" in (out / "results.md").read_text()
+    # The TREC run scored by pytrec_eval gives the numbers of the report.
+    run: dict[str, dict[str, float]] = {}
+    for line in (out / "runs" / "query2doc" / "tiny.trec").read_text().splitlines():
+        qid, _, doc_id, _, score, _ = line.split()
+        run.setdefault(qid, {})[doc_id] = float(score)
+    qrels = {qid: {f"d{qid[1:]}": 1} for qid in run}
+    scored = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10", "recall_100"}).evaluate(run)
+    per_query = results["query2doc"]["tasks"]["tiny"]["per_query"]
+    for qid, values in scored.items():
+        assert per_query[qid]["ndcg@10"] == pytest.approx(values["ndcg_cut_10"], abs=1e-6)
+        assert per_query[qid]["recall@100"] == pytest.approx(values["recall_100"], abs=1e-6)
+
+
+def test_results_are_deterministic_and_cached(tmp_path, encoders):
+    write_task(tmp_path / "data" / "tiny")
+    first = run_evaluation(tmp_path, encoders, ["query2doc"])
+    second = run_evaluation(tmp_path, encoders, ["query2doc"])
+    assert first["results"]["query2doc"]["tasks"]["tiny"]["per_query"] == (
+        second["results"]["query2doc"]["tasks"]["tiny"]["per_query"]
+    )
+
+
+def test_adapter_system_matches_its_query_encoder(tmp_path, encoders):
+    """An adapter evaluated through the cache scores what EraQueryEncoder.encode_queries produces."""
+    query_encoder, doc_encoder = encoders
+    write_task(tmp_path / "data" / "tiny")
+    config = EraConfig(query_encoder=query_encoder, doc_encoder=doc_encoder, query_dim=32, doc_dim=16,
+                       prompt_template="{query}")
+    model = EraQueryEncoder.from_backbone(
+        config, AutoModel.from_pretrained(query_encoder), AutoTokenizer.from_pretrained(query_encoder)
+    )
+    model.save_pretrained(tmp_path / "my-adapter")
+    report = run_evaluation(tmp_path, encoders, ["doc2doc", str(tmp_path / "my-adapter")])
+    adapter_result = report["results"]["my-adapter"]
+    assert adapter_result["system"]["kind"] == "adapter"
+    assert "vs_doc2doc" in adapter_result["tasks"]["tiny"]
+    assert 0.0 <= adapter_result["macro"]["ndcg@10"] <= 1.0
+    with pytest.raises(ValueError, match="index was built with some/other-encoder"):
+        evaluate(tmp_path / "data", [str(tmp_path / "my-adapter")], doc_encoder="some/other-encoder",
+                 cache_dir=tmp_path / "cache")
+
+
+def test_identical_ids_are_ignored_when_the_task_asks(tmp_path, encoders):
+    # As in ArguAna, each query's id is a doc id (here: the doc with the query's own text).
+    overrides = {i: {"qid": f"d{i}", "labels": [{"id": f"d{i + 20}", "score": 1}]} for i in range(20)}
+    write_task(tmp_path / "data" / "arguana", overrides=overrides)
+    report = run_evaluation(tmp_path, encoders, ["doc2doc"], output=tmp_path / "out")
+    assert report["tasks"]["arguana"]["ignore_identical_ids"] is True
+    for line in (tmp_path / "out" / "runs" / "doc2doc" / "arguana.trec").read_text().splitlines():
+        qid, _, doc_id, *_ = line.split()
+        assert qid != doc_id
+
+
+def test_caps_are_recorded(tmp_path, encoders):
+    write_task(tmp_path / "data" / "tiny", num_docs=60)
+    report = run_evaluation(tmp_path, encoders, ["doc2doc"], max_docs=30, max_queries=4)
+    task = report["tasks"]["tiny"]
+    assert len(task["doc_ids"]) == 30 and len(task["test_qids"]) == 4
+    judged = {f"d{i}" for i in range(20)}
+    assert judged <= set(task["doc_ids"])
+
+
+def test_bad_inputs(tmp_path, encoders):
+    write_task(tmp_path / "data" / "tiny")
+    with pytest.raises(ValueError, match="at least one --system"):
+        run_evaluation(tmp_path, encoders, [])
+    with pytest.raises(ValueError, match="needs --query-encoder"):
+        evaluate(tmp_path / "data", ["query2query"], doc_encoder=encoders[1], cache_dir=tmp_path / "cache")
+    no_positive = {i: {"labels": [{"id": f"d{i}", "score": 0}]} for i in range(20)}
+    write_task(tmp_path / "empty" / "nolabels", overrides=no_positive)
+    with pytest.raises(ValueError, match="nolabels"):
+        evaluate(tmp_path / "empty", ["doc2doc"], doc_encoder=encoders[1], cache_dir=tmp_path / "cache")
+
+
+def test_command_line(tmp_path, encoders, capsys):
+    write_task(tmp_path / "data" / "tiny")
+    main(["--data", str(tmp_path / "data"), "--system", "doc2doc", "--doc-encoder", encoders[1],
+          "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")])
+    assert "| doc2doc | 1.0000 | 1.0000 |" in capsys.readouterr().out

@@ -1,0 +1,393 @@
+"""Stage 1, self-supervised alignment: fit A so that A(Q(t)) ≈ D(t) on unlabeled texts.
+
+    accelerate launch training/align.py --query-encoder Q --doc-encoder D --data DIR [--tasks ...] \
+        --num-texts 1000 --adapter linear|low_rank|mlp --output OUT
+
+Samples texts per task (corpus documents; optionally the non-test queries too), embeds them with both
+encoders through the embedding cache (only the sampled texts go through Q), fits the adapter and
+saves an EraQueryEncoder with its config, metrics and model card.
+
+`linear` is closed-form ridge regression with bias: the sums XᵀX and XᵀY are accumulated in float64
+(all-reduced across processes under Accelerate), the ridge strength is chosen on a held-out slice.
+`low_rank` and `mlp` start from the ridge solution and are trained by gradient steps (AdamW, cosine
+or MSE loss, early stopping on the held-out alignment); `--refine-epochs` does the same for `linear`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from modeling_era import EraAdapter
+from training.artifacts import era_config, save_query_encoder
+from training.cache import embed_texts
+from training.data import Task, cap_corpus, load_tasks, make_split
+from training.encoders import TextEncoder
+from training.loop import LoopConfig, local_rows, seeded_batches, train
+from training.search import exact_search
+
+logger = logging.getLogger("era.align")
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # × mean eigenvalue of the input covariance
+HELD_OUT_SHARE = 0.1
+_SAMPLE_STREAM = 5  # numpy SeedSequence stream of the text sampling (data.py uses 0-4)
+
+
+@dataclass
+class AlignmentTexts:
+    """Sampled texts as each encoder sees them; `held_out` marks the evaluation slice."""
+
+    query_side: list[str]
+    doc_side: list[str]
+    held_out: np.ndarray
+    counts: dict[str, dict[str, int]]
+
+
+def sample_texts(
+    tasks: Sequence[Task], num_texts: int, seed: int, query_encoder: TextEncoder, with_queries: bool = False
+) -> AlignmentTexts:
+    """`num_texts` corpus documents per task (seeded), plus the non-test queries if asked.
+
+    Documents are fed as they are to both encoders; queries get the query prompt (with their task
+    instruction) on the Q side and stay plain on the D side, as at search time. Test queries are
+    never used, even unlabeled.
+    """
+    query_side, doc_side, counts = [], [], {}
+    rng = np.random.default_rng([_SAMPLE_STREAM, seed])
+    for task in tasks:
+        rows = rng.choice(len(task.doc_ids), size=min(num_texts, len(task.doc_ids)), replace=False)
+        docs = [task.doc_texts[int(row)] for row in np.sort(rows)]
+        query_side += docs
+        doc_side += docs
+        counts[task.name] = {"documents": len(docs), "queries": 0}
+        if with_queries:
+            test = set(make_split(task, seed=seed).test_qids)
+            queries = [q for q in task.queries if q.qid not in test]
+            query_side += [query_encoder.format_query(q.query, q.instruction) for q in queries]
+            doc_side += [q.query for q in queries]
+            counts[task.name]["queries"] = len(queries)
+    held_out = np.zeros(len(query_side), dtype=bool)
+    held = np.random.default_rng([_SAMPLE_STREAM + 1, seed]).choice(
+        len(query_side), size=max(1, round(HELD_OUT_SHARE * len(query_side))), replace=False
+    )
+    held_out[held] = True
+    return AlignmentTexts(query_side, doc_side, held_out, counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-form fits
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RidgeFit:
+    """Centered ridge in the eigenbasis of the input covariance: every ridge strength costs one product."""
+
+    mean_x: np.ndarray
+    mean_y: np.ndarray
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    projected_cross: np.ndarray  # Vᵀ Cxy
+    count: int
+
+    def solve(self, alpha: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Weight (q, d), bias (d,) and the absolute ridge strength for a relative `alpha`."""
+        strength = alpha * max(float(self.eigenvalues.mean()), 1e-12)
+        weight = self.eigenvectors @ (self.projected_cross / (self.eigenvalues + strength)[:, None])
+        return weight, self.mean_y - self.mean_x @ weight, strength
+
+
+def ridge_statistics(x: np.ndarray, y: np.ndarray, accelerator: Accelerator | None = None) -> RidgeFit:
+    """Accumulate n, Σx, Σy, XᵀX, XᵀY in float64 over this process's rows; sum over processes."""
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    sums = [np.array([len(x)], dtype=np.float64), x64.sum(0), y64.sum(0), x64.T @ x64, x64.T @ y64]
+    if accelerator is not None and accelerator.num_processes > 1:
+        sums = [accelerator.reduce(torch.from_numpy(s).to(accelerator.device), "sum").cpu().numpy() for s in sums]
+    count, sum_x, sum_y, xx, xy = sums
+    n = float(count[0])
+    if n < 2:
+        raise ValueError(f"alignment needs at least 2 training texts, got {int(n)}; raise --num-texts.")
+    mean_x, mean_y = sum_x / n, sum_y / n
+    # With fewer texts than dimensions the covariance is singular; the ridge term (always > 0) fixes that.
+    cxx = xx - n * np.outer(mean_x, mean_x)
+    cxy = xy - n * np.outer(mean_x, mean_y)
+    eigenvalues, eigenvectors = np.linalg.eigh(cxx)
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
+    return RidgeFit(mean_x, mean_y, eigenvalues, eigenvectors, eigenvectors.T @ cxy, int(n))
+
+
+def mean_cosine(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> float:
+    predicted = x.astype(np.float64) @ weight + bias
+    predicted /= np.maximum(np.linalg.norm(predicted, axis=1, keepdims=True), 1e-12)
+    target = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return float(np.mean(np.sum(predicted * target, axis=1)))
+
+
+def choose_ridge(fit: RidgeFit, x_held: np.ndarray, y_held: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The ridge strength with the best held-out mean cosine, and the curve that chose it."""
+    curve = {}
+    for alpha in RIDGE_GRID:
+        weight, bias, _ = fit.solve(alpha)
+        curve[alpha] = mean_cosine(x_held, y_held, weight, bias)
+    best = max(curve, key=curve.get)
+    weight, bias, strength = fit.solve(best)
+    report = {"alpha": best, "strength": strength, "held_out_cosine_by_alpha": {str(a): c for a, c in curve.items()}}
+    return weight, bias, report
+
+
+def procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Orthogonal W minimising ||XW − Y|| (equal dims): W = U Vᵀ from the SVD of XᵀY."""
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"Procrustes needs equal dims, got {x.shape[1]} and {y.shape[1]}; use the ridge fit.")
+    u, _, vt = np.linalg.svd(x.astype(np.float64).T @ y.astype(np.float64))
+    return u @ vt
+
+
+def set_from_linear(adapter: EraAdapter, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Initialise any family from a linear map y = x·W + b, where its shape allows."""
+    module, kind = adapter.adapter, adapter.config.adapter_type
+    with torch.no_grad():
+        if kind in ("linear", "mlp"):
+            module.proj.weight.copy_(torch.from_numpy(weight.T.astype(np.float32)))
+            module.proj.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+        elif kind == "low_rank":  # best rank-r approximation of the (residual) map
+            if module.residual:
+                weight = weight - np.eye(weight.shape[0])
+            u, s, vt = np.linalg.svd(weight, full_matrices=False)
+            r = module.down.weight.shape[0]
+            root = np.sqrt(s[:r])
+            module.down.weight.copy_(torch.from_numpy((u[:, :r] * root).T.astype(np.float32)))
+            module.up.weight.copy_(torch.from_numpy((vt[:r].T * root).astype(np.float32)))
+            module.up.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient training (low_rank, mlp, refinement of linear, and the reference recipe in bench/)
+# ---------------------------------------------------------------------------------------------
+
+
+def alignment_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(predicted, target, dim=-1)).mean()
+    return F.mse_loss(predicted, target)
+
+
+def fit_gradient(
+    adapter: EraAdapter,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_held: np.ndarray,
+    y_held: np.ndarray,
+    *,
+    loop: LoopConfig,
+    batch_size: int,
+    loss: str,
+    accelerator: Accelerator,
+    checkpoint_dir: str | os.PathLike | None,
+) -> list[dict[str, float]]:
+    """Train the adapter on (x, y) pairs; early stopping on held-out mean cosine. Returns the curve."""
+    inputs, targets = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    held_inputs, held_targets = torch.from_numpy(x_held).float(), torch.from_numpy(y_held).float()
+    device = accelerator.device
+
+    def batches(epoch: int):
+        for batch in seeded_batches(len(inputs), batch_size, loop.seed, epoch):
+            rows = local_rows(batch, accelerator)
+            yield inputs[rows].to(device), targets[rows].to(device)
+
+    def loss_fn(model, batch):
+        return alignment_loss(model(batch[0]), batch[1], loss)
+
+    def validate(model) -> float:
+        with torch.no_grad():
+            predicted = model(held_inputs.to(device))
+            return float(F.cosine_similarity(predicted, held_targets.to(device), dim=-1).mean())
+
+    steps = -(-len(inputs) // batch_size)
+    result = train(adapter, batches_for_epoch=batches, loss_fn=loss_fn, validate=validate, config=loop,
+                   accelerator=accelerator, checkpoint_dir=checkpoint_dir, steps_per_epoch=steps)
+    return result.history
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality report
+# ---------------------------------------------------------------------------------------------
+
+
+def alignment_quality(adapter: EraAdapter, x_held: np.ndarray, y_held: np.ndarray, y_all: np.ndarray,
+                      held_rows: np.ndarray) -> dict[str, float]:
+    """Held-out mean cosine, and twin retrieval: the rank of D(t) among all alignment texts' D
+    embeddings when searched with A(Q(t)) (Recall@1 and @10)."""
+    with torch.no_grad():
+        predicted = adapter(torch.from_numpy(x_held).float()).numpy()
+    cosine = float(np.mean(np.sum(predicted * y_held, axis=1) / np.maximum(np.linalg.norm(y_held, axis=1), 1e-12)))
+    _, found = exact_search(predicted, np.ascontiguousarray(y_all, dtype=np.float32), 10)
+    hits = found == held_rows[:, None]
+    return {
+        "held_out_cosine": cosine,
+        "twin_recall@1": float(hits[:, :1].any(1).mean()),
+        "twin_recall@10": float(hits.any(1).mean()),
+        "held_out_texts": int(len(x_held)),
+        "twin_pool": int(len(y_all)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def texts_fingerprint(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    return digest.hexdigest()
+
+
+def align(
+    data: str | os.PathLike,
+    *,
+    query_encoder: str,
+    doc_encoder: str,
+    output: str | os.PathLike,
+    tasks: Sequence[str] | None = None,
+    num_texts: int = 1000,
+    adapter: str = "linear",
+    with_queries: bool = False,
+    procrustes_fit: bool = False,
+    refine_epochs: int = 0,
+    loss: str = "cosine",
+    epochs: int = 50,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 256,
+    patience: int = 5,
+    adapter_rank: int = 64,
+    adapter_hidden_dim: int = 1024,
+    prompt_template: str = "{instruction} {query}",
+    default_instruction: str = "",
+    seed: int = 0,
+    max_docs: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    embed_batch_size: int = 32,
+    accelerator: Accelerator | None = None,
+) -> EraAdapter:
+    """Run stage 1 and save the aligned query encoder to `output`; returns the fitted adapter."""
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size,
+                            query_template=prompt_template)
+    d_encoder = TextEncoder(doc_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
+    loaded = [cap_corpus(task, max_docs, seed) for task in load_tasks(data, tasks)]
+    texts = sample_texts(loaded, num_texts, seed, q_encoder, with_queries)
+    embed = {"cache_dir": cache_dir, "accelerator": accelerator}
+    # Texts are already formatted for each side (prompted queries on Q's), so embed them as they are.
+    x = embed_texts(q_encoder, texts.query_side, **embed)
+    y = embed_texts(d_encoder, texts.doc_side, **embed)
+    train_rows, held_rows = np.flatnonzero(~texts.held_out), np.flatnonzero(texts.held_out)
+    metadata_recipe: dict[str, Any] = {"family": adapter, "loss": loss, "held_out_share": HELD_OUT_SHARE}
+    config = era_config(q_encoder, d_encoder, adapter_type=adapter, prompt_template=prompt_template,
+                        default_instruction=default_instruction, adapter_rank=adapter_rank,
+                        adapter_hidden_dim=adapter_hidden_dim)
+    model = EraAdapter(config)
+    mine = train_rows[accelerator.process_index :: accelerator.num_processes]
+    if procrustes_fit:
+        weight, bias = procrustes(x[train_rows], y[train_rows]), np.zeros(y.shape[1])
+        metadata_recipe["fit"] = "orthogonal Procrustes"
+    else:
+        residual = adapter == "low_rank" and x.shape[1] == y.shape[1]
+        stats = ridge_statistics(x[mine], y[mine] - (x[mine] if residual else 0), accelerator)
+        weight, bias, ridge_report = choose_ridge(stats, x[held_rows], y[held_rows] - (x[held_rows] if residual else 0))
+        if residual:
+            weight = weight + np.eye(weight.shape[0])
+        metadata_recipe.update(fit="closed-form ridge with bias (float64 sums)", ridge=ridge_report)
+    set_from_linear(model, weight, bias)
+    gradient_epochs = refine_epochs if adapter == "linear" else epochs
+    if gradient_epochs > 0:
+        loop = LoopConfig(epochs=gradient_epochs, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed)
+        checkpoints = Path(output).parent / f".{Path(output).name}.checkpoints"
+        curve = fit_gradient(model, x[train_rows], y[train_rows], x[held_rows], y[held_rows], loop=loop,
+                             batch_size=batch_size, loss=loss, accelerator=accelerator, checkpoint_dir=checkpoints)
+        metadata_recipe.update(gradient={"epochs": gradient_epochs, "lr": lr, "weight_decay": weight_decay,
+                                         "batch_size": batch_size, "patience": patience, "curve": curve})
+    quality = alignment_quality(model, x[held_rows], y[held_rows], y, held_rows)
+    metadata_recipe["summary"] = _summary(adapter, metadata_recipe, len(train_rows))
+    config.training_metadata = {
+        "mode": "align",
+        "tasks": [task.name for task in loaded],
+        "seeds": {"sample": seed, "torch": seed},
+        "alignment": {
+            "num_texts_per_task": num_texts,
+            "with_queries": with_queries,
+            "max_docs": max_docs,
+            "texts": texts.counts,
+            "train_texts": int(len(train_rows)),
+            "texts_sha256": texts_fingerprint(texts.query_side + texts.doc_side),
+            "metrics": quality,
+        },
+        "recipe": metadata_recipe,
+    }
+    if accelerator.is_main_process:
+        save_query_encoder(model, output)
+        shutil.rmtree(Path(output).parent / f".{Path(output).name}.checkpoints", ignore_errors=True)
+        logger.info("aligned adapter saved to %s: %s", output, quality)
+    accelerator.wait_for_everyone()
+    return model
+
+
+def _summary(adapter: str, recipe: dict[str, Any], count: int) -> str:
+    text = f"{adapter} adapter, {recipe['fit']} on {count} unlabeled texts"
+    if "gradient" in recipe:
+        text += f", then AdamW on the {recipe['loss']} loss (early stopping on held-out alignment)"
+    return text
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--query-encoder", required=True)
+    parser.add_argument("--doc-encoder", required=True)
+    parser.add_argument("--data", required=True, help="folder of MAIR/BEIR tasks, one task folder, or MAIR task names")
+    parser.add_argument("--tasks", nargs="+")
+    parser.add_argument("--output", required=True, help="folder for the aligned EraQueryEncoder")
+    parser.add_argument("--num-texts", type=int, default=1000, help="corpus documents sampled per task")
+    parser.add_argument("--adapter", choices=("linear", "low_rank", "mlp"), default="linear")
+    parser.add_argument("--with-queries", action="store_true", help="also align on the non-test query texts")
+    parser.add_argument("--procrustes", action="store_true", help="orthogonal map instead of ridge (equal dims)")
+    parser.add_argument("--refine-epochs", type=int, default=0, help="gradient refinement of the linear ridge fit")
+    parser.add_argument("--loss", choices=("cosine", "mse"), default="cosine")
+    parser.add_argument("--epochs", type=int, default=50, help="gradient epochs for low_rank / mlp")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--adapter-rank", type=int, default=64)
+    parser.add_argument("--adapter-hidden-dim", type=int, default=1024)
+    parser.add_argument("--prompt-template", default="{instruction} {query}")
+    parser.add_argument("--default-instruction", default="")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-docs", type=int, help="cap each corpus as the evaluation does")
+    parser.add_argument("--embed-batch-size", type=int, default=32)
+    parser.add_argument("--cache-dir")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = vars(parse_args(argv))
+    args["procrustes_fit"] = args.pop("procrustes")
+    data = args.pop("data")
+    align(data, **args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

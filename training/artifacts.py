@@ -1,0 +1,144 @@
+"""What a training stage leaves behind: an EraQueryEncoder folder with a full config and a model card.
+
+Stages train an `EraAdapter` on cached embeddings; `save_query_encoder` turns it into the folder a
+user loads with `AutoModel.from_pretrained(folder, trust_remote_code=True)`. The folder is written
+next to its destination and renamed into place, so an interrupted save never replaces a good one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
+from training.encoders import TextEncoder
+
+CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "era_adapter.md"
+CARD_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+
+
+def era_config(
+    query_encoder: TextEncoder,
+    doc_encoder: TextEncoder,
+    *,
+    adapter_type: str = "linear",
+    prompt_template: str = "{instruction} {query}",
+    default_instruction: str = "",
+    training_metadata: dict[str, Any] | None = None,
+    **adapter_shape: Any,
+) -> EraConfig:
+    """An EraConfig that records both encoders exactly as they embed (ids, revisions, pooling...)."""
+    return EraConfig(
+        query_encoder=query_encoder.model_id,
+        query_encoder_revision=query_encoder.revision,
+        doc_encoder=doc_encoder.model_id,
+        doc_encoder_revision=doc_encoder.revision,
+        query_dim=query_encoder.dim,
+        doc_dim=doc_encoder.dim,
+        adapter_type=adapter_type,
+        normalize_input=query_encoder.normalize,
+        normalize_output=True,
+        similarity="cosine" if doc_encoder.normalize else "dot",
+        pooling=query_encoder.pooling,
+        max_seq_length=query_encoder.max_length,
+        prompt_template=prompt_template,
+        default_instruction=default_instruction,
+        training_metadata=training_metadata or {},
+        **adapter_shape,
+    )
+
+
+def query_side_encoder(config: EraConfig, **kwargs: Any) -> TextEncoder:
+    """The TextEncoder that embeds queries exactly as an adapter with this config expects them."""
+    return TextEncoder(
+        config.query_encoder,
+        revision=config.query_encoder_revision,
+        pooling=config.pooling,
+        normalize=config.normalize_input,
+        max_length=config.max_seq_length,
+        query_template=config.prompt_template,
+        **kwargs,
+    )
+
+
+def save_query_encoder(adapter: EraAdapter, output: str | os.PathLike, *, repo_id: str | None = None) -> Path:
+    """Save `adapter` as an EraQueryEncoder folder (backbone by reference) with its model card."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
+    model = EraQueryEncoder(adapter.config)
+    model.adapter.load_state_dict(adapter.adapter.state_dict())
+    model.save_pretrained(staging)
+    render_model_card(model.config, num_parameters=sum(p.numel() for p in adapter.parameters()),
+                      repo_id=repo_id or output.name).save(staging / "README.md")
+    _replace_folder(staging, output)
+    return output
+
+
+def _replace_folder(staging: Path, output: Path) -> None:
+    previous = output.parent / f".{output.name}.previous-{uuid.uuid4().hex[:8]}"
+    if output.exists():
+        output.rename(previous)
+    staging.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -> ModelCard:
+    """The model card: YAML metadata the Hub reads (incl. model-index results) and a usage guide."""
+    metadata = config.training_metadata
+    evaluation = metadata.get("evaluation", {})  # {task: {metric: value}} on the test queries
+    datasets = sorted(metadata.get("tasks", []))
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=config.query_encoder,
+        tags=["era", "retrieval", "embedding-adapter", "sentence-similarity", f"doc-encoder:{config.doc_encoder}"],
+        datasets=datasets or None,
+        pipeline_tag="feature-extraction",
+        model_name=repo_id,
+        eval_results=[
+            EvalResult(task_type="retrieval", dataset_type=task, dataset_name=task, dataset_split="test",
+                       metric_type=metric.replace("@", "_at_"), metric_value=round(float(value), 5))
+            for task, values in sorted(evaluation.items())
+            for metric, value in values.items()
+            if metric in CARD_METRICS
+        ]
+        or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        model_name=repo_id,
+        repo_id=repo_id,
+        num_parameters=f"{num_parameters:,}",
+        bundled=config.bundle_backbone,
+        recipe=metadata.get("recipe", {}).get("summary", "see training_metadata in config.json"),
+        label_budget=metadata.get("label_budget", "none (self-supervised alignment only)"),
+        training_details=_training_details(metadata),
+        metrics_table=_metrics_table(evaluation),
+        **{key: getattr(config, key) for key in (
+            "query_encoder", "query_encoder_revision", "doc_encoder", "doc_encoder_revision", "query_dim",
+            "doc_dim", "adapter_type", "pooling", "similarity", "normalize_output", "prompt_template",
+            "default_instruction")},
+    )
+
+
+def _training_details(metadata: dict[str, Any]) -> str:
+    shown = {key: metadata[key] for key in ("mode", "recipe", "seeds", "tasks", "label_budget", "alignment")
+             if key in metadata}
+    if not shown:
+        return "No training metadata recorded."
+    return "```json\n" + json.dumps(shown, indent=1, default=str)[:4000] + "\n```"
+
+
+def _metrics_table(evaluation: dict[str, dict[str, float]]) -> str:
+    if not evaluation:
+        return "Not evaluated yet: run `python training/evaluate.py --system <this folder> ...`."
+    lines = ["| task | " + " | ".join(CARD_METRICS) + " |", "|---|" + "---|" * len(CARD_METRICS)]
+    for task, values in sorted(evaluation.items()):
+        lines.append(f"| {task} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in CARD_METRICS) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The gradient-training loop shared by alignment (stage 1) and adaptation (stage 2).
+
+AdamW with linear warmup (in steps), a seeded data order, early stopping on a validation score with
+the best weights restored, a checkpoint after every epoch, and resume after a kill. Runs under
+Accelerate: one process on a CPU, DDP over many GPUs or nodes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from accelerate import Accelerator
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    patience: int = 3  # epochs without a better validation score before stopping
+    seed: int = 0
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class LoopResult:
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+
+def seeded_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """One epoch's global batches of item indices: a permutation seeded by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_items, generator=generator)
+    return list(order.split(batch_size))
+
+
+def local_rows(batch: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """This process's share of a global batch (rank::world), so DDP sees the same data as one process."""
+    return batch[accelerator.process_index :: accelerator.num_processes]
+
+
+def train(
+    model: torch.nn.Module,
+    *,
+    batches_for_epoch: Callable[[int], Iterable[Any]],
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    validate: Callable[[torch.nn.Module], float],
+    config: LoopConfig,
+    accelerator: Accelerator,
+    checkpoint_dir: str | os.PathLike | None = None,
+    steps_per_epoch: int | None = None,
+    on_epoch_start: Callable[[torch.nn.Module, int], None] | None = None,
+) -> LoopResult:
+    """Train `model` in place; on return it holds the weights of the best validation epoch.
+
+    `validate` returns a score where higher is better (e.g. nDCG@10, or minus a loss). With a
+    `checkpoint_dir`, every epoch ends with an atomic checkpoint; calling `train` again with the same
+    directory resumes after the last finished epoch.
+    """
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    total_steps = max(1, (steps_per_epoch or 1) * config.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear(config.warmup_steps, total_steps))
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    state = {"epoch": 0, "best_score": float("-inf"), "best_epoch": -1, "bad_epochs": 0, "history": []}
+    best_weights = _copy_state(model)
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    resumed = None
+    if path is not None and path.is_file():
+        state, best_weights = _load_checkpoint(path, model, optimizer, scheduler, config)
+        resumed = state["epoch"]
+    if state["epoch"] == 0:
+        state["best_score"] = validate(model)  # the starting point counts: training must beat it
+        state["best_epoch"] = 0
+        state["history"].append({"epoch": 0, "validation": state["best_score"]})
+    while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
+        epoch = state["epoch"] + 1
+        if on_epoch_start is not None:
+            on_epoch_start(model, epoch)
+        wrapped.train()
+        losses = []
+        for batch in batches_for_epoch(epoch):
+            loss = loss_fn(wrapped, batch)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.detach().float().item())
+        wrapped.eval()
+        score = validate(model)
+        state["history"].append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "validation": score})
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            best_weights = _copy_state(model)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        if path is not None and accelerator.is_main_process:
+            _save_checkpoint(path, model, optimizer, scheduler, state, best_weights, config)
+        accelerator.wait_for_everyone()
+    model.load_state_dict(best_weights)
+    return LoopResult(state["best_epoch"], state["best_score"], state["history"], resumed)
+
+
+def _warmup_then_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def _save_checkpoint(path, model, optimizer, scheduler, state, best_weights, config) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(),
+        "best_weights": best_weights,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": json.dumps(state),
+        "config": json.dumps(asdict(config)),
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path, model, optimizer, scheduler, config):
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # our own file, still no pickle
+    saved = json.loads(payload["config"])
+    if saved != asdict(config):
+        raise ValueError(
+            f"{path} was written by a run with other settings ({saved}); use a new output folder "
+            "or delete the checkpoint to start over."
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    return json.loads(payload["state"]), copy.deepcopy(payload["best_weights"])
