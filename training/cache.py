@@ -95,7 +95,9 @@ class _Manifest:
         if data.get("format") != FORMAT_VERSION or data.get("dtype") != "float32":
             raise ValueError(f"unknown manifest format {data.get('format')!r} / dtype {data.get('dtype')!r}")
         digests = tuple(bytes.fromhex(h) for h in data["text_blake2b"])
-        manifest = cls(data["shard"], data["file"], int(data["rows"]), int(data["dim"]), data["sha256"], int(data["bytes"]), digests)
+        manifest = cls(
+            data["shard"], data["file"], int(data["rows"]), int(data["dim"]), data["sha256"], int(data["bytes"]), digests
+        )
         if len(digests) != manifest.rows or any(len(d) != _DIGEST_BYTES for d in digests) or "/" in manifest.file:
             raise ValueError("inconsistent manifest")
         return manifest
@@ -500,7 +502,8 @@ def ensure_embedded(
         from tqdm.auto import tqdm
 
         label = getattr(encoder, "model_id", "texts").split("/")[-1]
-        bar = tqdm(total=todo, unit="text", desc=f"embed {label}" + (f" [rank 0 of {world}]" if world > 1 else ""), mininterval=1.0, dynamic_ncols=True)
+        desc = f"embed {label}" + (f" [rank 0 of {world}]" if world > 1 else "")
+        bar = tqdm(total=todo, unit="text", desc=desc, mininterval=1.0, dynamic_ncols=True)
     try:
         for shard in mine:
             shard_texts = [texts[first[d]] for d in shard]

@@ -121,18 +121,16 @@ class Task:
 
 def cap_corpus(task: Task, max_docs: int | None, seed: int = 0) -> Task:
     """The task on a smaller corpus, as MAIR samples for efficiency: every judged document plus
-    seeded random others, up to `max_docs` (corpus order kept). `None` or a large cap: unchanged."""
+    seeded random others up to `max_docs` in all (corpus order kept). Judged documents are never
+    dropped, so a task with more of them than the cap keeps just those. `None`: unchanged."""
     if max_docs is None or len(task.doc_ids) <= max_docs:
         return task
     judged = {doc_id for query in task.queries for doc_id in query.labels}
-    judged_rows = [row for row, doc_id in enumerate(task.doc_ids) if doc_id in judged]
-    if len(judged_rows) > max_docs:
-        raise DataError(
-            f"task {task.name}: {len(judged_rows)} judged documents do not fit max_docs={max_docs}; raise the cap."
-        )
-    others = np.setdiff1d(np.arange(len(task.doc_ids)), judged_rows)
-    extra = np.random.default_rng([_STREAM_CORPUS, seed]).choice(others, max_docs - len(judged_rows), replace=False)
-    rows = np.sort(np.concatenate([np.asarray(judged_rows, dtype=np.int64), extra]))
+    is_judged = np.fromiter((doc_id in judged for doc_id in task.doc_ids), dtype=bool, count=len(task.doc_ids))
+    others = np.flatnonzero(~is_judged)
+    room = max(0, max_docs - int(is_judged.sum()))
+    extra = np.random.default_rng([_STREAM_CORPUS, seed]).choice(others, min(room, len(others)), replace=False)
+    rows = np.sort(np.concatenate([np.flatnonzero(is_judged), extra]))
     return dataclasses.replace(task, doc_ids=[task.doc_ids[row] for row in rows], docs=task.docs.select(rows))
 
 

@@ -90,7 +90,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pooling", choices=("mean", "cls", "last_token"), default=None, help="override the model's")
     parser.add_argument("--max-length", type=int, default=None, help="override the model's token limit")
     parser.add_argument("--no-normalize", action="store_true", help="do not L2-normalise (override the model's)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="default: float32 on CPU, half on GPU")
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default=None, help="default: float32 on CPU, half on GPU"
+    )
     parser.add_argument("--query-template", default=DEFAULT_QUERY_TEMPLATE)
     parser.add_argument("--doc-template", default=None, help="e.g. 'passage: {text}' (default: documents as they are)")
     parser.add_argument("--trust-remote-code", action="store_true")

