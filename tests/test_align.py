@@ -149,11 +149,14 @@ def test_two_processes_fit_the_same_linear_adapter(setup, tmp_path):
     root, query, doc = setup
     single = _align_command(root, query, doc, tmp_path / "one")
     double = _align_command(root, query, doc, tmp_path / "two")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     subprocess.run([sys.executable, *single], check=True, cwd=REPO, env=env, capture_output=True)
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *double],
-                   check=True, cwd=REPO, env=env, capture_output=True)
+    # `--cpu --num_processes 2` starts one process; `--multi_gpu` goes through torchrun: 2 CPU processes (gloo).
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                               "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               *double], check=True, cwd=REPO, env=env, capture_output=True, text=True)
+    meta = json.loads((tmp_path / "two" / "config.json").read_text())["training_metadata"]["alignment"]
+    assert meta["processes"] == 2, launched.stderr[-2000:]
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     for key in one:  # float64 sums reduced in another order: equal to float32 rounding
         torch.testing.assert_close(one[key], two[key], atol=1e-6, rtol=1e-6)

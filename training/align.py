@@ -332,6 +332,7 @@ def align(
             "max_docs": max_docs,
             "texts": texts.counts,
             "train_texts": int(len(train_rows)),
+            "processes": accelerator.num_processes,
             "texts_sha256": texts_fingerprint(texts.query_side + texts.doc_side),
             "metrics": quality,
         },
