@@ -16,4 +16,5 @@ def test_quick_demo_gives_sane_numbers(tmp_path):
     assert macro["query2doc"]["ndcg@10"] < 0.1  # unrelated spaces: the sanity check stays near zero
     assert macro["era-align"]["ndcg@10"] > macro["query2doc"]["ndcg@10"] + 0.5
     assert macro["era-align"]["ndcg@10"] > macro["doc2doc"]["ndcg@10"] - 0.05
+    assert macro["era-both"]["ndcg@10"] > macro["query2doc"]["ndcg@10"] + 0.5
     assert (tmp_path / "demo" / "era-align" / "model.safetensors").is_file()

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import faiss
 
+from training.adapt import adapt
 from training.align import align
 from training.cache import embed_documents
 from training.data import load_tasks, make_split
@@ -80,17 +81,21 @@ def run(data: str | None, quick: bool, cache_dir: str | None, output: Path) -> d
     aligned = output / "era-align"
     align(source, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER, output=aligned,
           num_texts=SIZES["quick" if quick else "full"], prompt_template=QUERY_PROMPT, cache_dir=cache_dir)
-    systems = ["doc2doc", "query2query", "query2doc", str(aligned)]
+    step(f"stage 2: adapt with {LABEL_BUDGET:.0%} of the labels (train part of the seeded split)")
+    adapted = output / "era-both"
+    adapt(source, output=adapted, label_budget=LABEL_BUDGET, mode="both", init=aligned, cache_dir=cache_dir)
+    systems = ["doc2doc", "query2query", "query2doc", str(aligned), str(adapted)]
     step("evaluate every system on the same test queries")
     report = evaluate(source, systems, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER,
                       label_budget=LABEL_BUDGET, cache_dir=cache_dir, output=output / "evaluation")
     step("results (nDCG@10; doc2doc is what the index serves today)")
     print(markdown_table(report))
     if isinstance(source, Path) and len(load_tasks(source)) == 1:
-        step(f"reload {aligned.name} with AutoModel.from_pretrained(..., trust_remote_code=True) and search")
-        answer_examples(aligned, source, cache_dir)
+        step(f"reload {adapted.name} with AutoModel.from_pretrained(..., trust_remote_code=True) and search")
+        answer_examples(adapted, source, cache_dir)
     step("artifacts")
     print(f"adapter (stage 1):   {aligned}")
+    print(f"adapter (ERA, both): {adapted}")
     print(f"evaluation report:   {output / 'evaluation' / 'results.md'} (+ results.json, runs/, ndcg10.png)")
     print(f"embedding cache:     {cache_root(cache_dir)}")
     print(f"total time:          {time.perf_counter() - started:.0f}s")
