@@ -32,7 +32,7 @@ from training.stdlib_task import write_stdlib_task
 
 QUERY_ENCODER = "sentence-transformers/all-mpnet-base-v2"
 DOC_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-SIZES = {"full": 1500, "quick": 300}
+SIZES = {"full": 1000, "quick": 300}
 LABEL_BUDGET = 0.2
 QUERY_PROMPT = "{query}"  # all-mpnet-base-v2 is not instruction-tuned: the bare query does better
 
@@ -105,7 +105,7 @@ def run(data: str | None, quick: bool, cache_dir: str | None, output: Path) -> d
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="MAIR/BEIR folder(s) or MAIR task names instead of the embedded default")
-    parser.add_argument("--quick", action="store_true", help="reduced size (CI): 300 functions instead of 1,500")
+    parser.add_argument("--quick", action="store_true", help="reduced size (CI): 300 functions instead of 1,000")
     parser.add_argument("--cache-dir", help="ERA cache (default: $ERA_CACHE_DIR or ~/.cache/era)")
     parser.add_argument("--output", default="runs/demo", help="where the adapters and the report go")
     return parser.parse_args(argv)
