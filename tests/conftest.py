@@ -1,6 +1,7 @@
 """Shared fixtures: where the real datasets live, and a skip marker for a fresh clone without them."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket connection from this process is a test failure, not a silent Hub call."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a test tried to open a network connection: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,13 +23,7 @@ DOCS = ["def search(index, vector): return index.search(vector)", "the data file
 INSTRUCTION = "given a description retrieve the function"
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a test tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ast
 import re
-import socket
 
 import pytest
 import torch
@@ -33,13 +32,7 @@ METADATA = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a test tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # see conftest.py
 
 
 def make_config(**overrides) -> EraConfig:

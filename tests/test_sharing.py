@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,14 +31,7 @@ INSTRUCTION = "given a description retrieve the function"
 SAVED_FILES = {"config.json", "model.safetensors", "configuration_era.py", "modeling_era.py", "README.md"}
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any socket connection from this process is a test failure, not a silent Hub call."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a test tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
