@@ -142,9 +142,12 @@ class TaskRun:
         return {qid: by_id[qid].labels for qid in self.test_qids}
 
 
-def prepare_task(task: Task, split_seed: int, max_docs: int | None, max_queries: int | None) -> TaskRun:
+def prepare_task(
+    task: Task, split_seed: int, max_docs: int | None, max_queries: int | None, all_queries: bool = False
+) -> TaskRun:
     split = make_split(task, seed=split_seed)
-    test_qids = list(split.test_qids)
+    # Zero-shot comparisons with published numbers score every labeled query; training needs the split.
+    test_qids = [q.qid for q in task.labeled_queries] if all_queries else list(split.test_qids)
     if not test_qids:
         raise ValueError(f"task {task.name} has no labeled test queries: it cannot be evaluated.")
     if max_queries is not None and len(test_qids) > max_queries:
@@ -214,6 +217,7 @@ def evaluate(
     k: int = 100,
     ann: dict[str, Any] | None = None,
     ignore_identical_ids: bool | None = None,
+    all_queries: bool = False,
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
@@ -221,7 +225,8 @@ def evaluate(
     """Evaluate every system on every task's test queries; write the report to `output` if given.
 
     `ignore_identical_ids`: None keeps each task's default (on for ArguAna-like tasks); True/False
-    forces it for every task.
+    forces it for every task. `all_queries` scores every labeled query instead of the test part (for
+    zero-shot comparisons with published numbers; never for adapters trained on this data).
     """
     if not systems:
         raise ValueError("name at least one --system (doc2doc, query2query, query2doc or an adapter path).")
@@ -233,7 +238,7 @@ def evaluate(
     loaded = load_tasks(data, tasks)
     if ignore_identical_ids is not None:
         loaded = [dataclasses.replace(task, ignore_identical_ids=ignore_identical_ids) for task in loaded]
-    runs = [prepare_task(task, split_seed, max_docs, max_queries) for task in loaded]
+    runs = [prepare_task(task, split_seed, max_docs, max_queries, all_queries) for task in loaded]
     embed_kwargs = {"cache_dir": cache_dir, "batch_size": batch_size}
     raw: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for run in runs:
@@ -242,7 +247,7 @@ def evaluate(
                         len(run.task.doc_ids), len(run.test_qids))
             raw[system.name][run.task.name] = search_task(system, run, k, ann, embed_kwargs)
     report = _report(built, runs, raw, label_budget=label_budget, split_seed=split_seed, max_docs=max_docs,
-                     max_queries=max_queries, k=k, ann=ann)
+                     max_queries=max_queries, k=k, ann=ann, all_queries=all_queries)
     if output is not None:
         write_outputs(Path(output), report, built, runs, raw)
     return report
@@ -446,6 +451,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ann-param", action="append", default=[], help="e.g. nlist=1024, nprobe=32, M=32, efSearch=128")
     parser.add_argument("--ignore-identical-ids", choices=("auto", "on", "off"), default="auto",
                         help="do not count a retrieved doc whose id is the query's (auto: per task, on for ArguAna)")
+    parser.add_argument("--all-queries", action="store_true",
+                        help="score every labeled query, not the test part (zero-shot baselines vs published numbers)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache-dir", help="ERA cache (default: $ERA_CACHE_DIR or ~/.cache/era)")
     parser.add_argument("--output", required=True, help="folder for results.json, results.md, runs/ and the plot")
@@ -468,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         k=args.k,
         ann=_ann_settings(args.ann, args.ann_param),
         ignore_identical_ids={"auto": None, "on": True, "off": False}[args.ignore_identical_ids],
+        all_queries=args.all_queries,
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         output=args.output,
