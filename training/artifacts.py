@@ -55,17 +55,21 @@ def era_config(
     )
 
 
+def query_side_settings(config: EraConfig) -> dict[str, Any]:
+    """TextEncoder arguments that embed queries exactly as an adapter with this config expects them."""
+    return {
+        "model": config.query_encoder,
+        "revision": config.query_encoder_revision,
+        "pooling": config.pooling,
+        "normalize": config.normalize_input,
+        "max_length": config.max_seq_length,
+        "query_template": config.prompt_template,
+    }
+
+
 def query_side_encoder(config: EraConfig, **kwargs: Any) -> TextEncoder:
     """The TextEncoder that embeds queries exactly as an adapter with this config expects them."""
-    return TextEncoder(
-        config.query_encoder,
-        revision=config.query_encoder_revision,
-        pooling=config.pooling,
-        normalize=config.normalize_input,
-        max_length=config.max_seq_length,
-        query_template=config.prompt_template,
-        **kwargs,
-    )
+    return TextEncoder(**query_side_settings(config), **kwargs)
 
 
 def save_query_encoder(adapter: EraAdapter, output: str | os.PathLike, *, repo_id: str | None = None) -> Path:
