@@ -9,7 +9,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-ADAPTER_TYPES = ("linear", "low_rank", "mlp")
+ADAPTER_TYPES = ("linear", "low_rank", "mlp", "fusion")
+FUSION_BRANCHES = ("linear", "low_rank")
 POOLING_MODES = ("mean", "cls", "last_token")
 SIMILARITIES = ("cosine", "dot")
 
@@ -30,8 +31,9 @@ class EraConfig(PretrainedConfig):
         query_dim (`int`): Dimension of the query encoder's pooled embedding (the adapter's input).
         doc_dim (`int`): Dimension of the doc encoder's embedding (the adapter's output).
         adapter_type (`str`): Adapter family: `"linear"` (the paper's W·x + b), `"low_rank"`
-            (B·A·x + b, plus x itself when the dims are equal; for large dims) or `"mlp"` (W·x + b plus a
-            small GELU MLP residual whose output layer starts at zero).
+            (B·A·x + b, plus x itself when the dims are equal; for large dims), `"mlp"` (W·x + b plus a
+            small GELU MLP residual whose output layer starts at zero) or `"fusion"` (both query
+            embeddings in: W_d·D(q) + b_d + gate·(W_q·Q(q) + b_q), with D = `fusion_encoder`).
         adapter_rank (`int`): Inner rank of the `low_rank` family.
         adapter_hidden_dim (`int`): Hidden width of the `mlp` family.
         normalize_input (`bool`): L2-normalise the query encoder's pooled embedding before the adapter, as
@@ -44,6 +46,16 @@ class EraConfig(PretrainedConfig):
         prompt_template (`str`): How a query is shown to the query encoder. Must contain `{query}`; may
             contain `{instruction}`.
         default_instruction (`str`): Instruction used when the caller passes none.
+        fusion_encoder (`str`, *optional*): `fusion` only: Hub id of the light encoder whose query
+            embedding feeds the second branch (normally the doc encoder itself).
+        fusion_encoder_revision (`str`, *optional*): Revision of `fusion_encoder`.
+        fusion_dim (`int`, *optional*): `fusion` only: dimension of `fusion_encoder`'s embedding.
+        fusion_pooling (`str`): Pooling of `fusion_encoder`.
+        fusion_max_seq_length (`int`): Token limit of `fusion_encoder` for queries.
+        fusion_branch (`str`): Shape of the strong (Q) branch of `fusion`: `"linear"` or `"low_rank"`
+            (rank `adapter_rank`, for large query encoders).
+        fusion_gate (`float`): Starting value of the learned scalar gate on the Q branch. At 0 a fusion
+            adapter starts as the symmetric model (the light encoder on both sides, through W_d).
         bundle_backbone (`bool`): Whether the query backbone's weights are stored in this folder
             (self-contained artifact) rather than loaded from `query_encoder` by reference.
         backbone_config (`dict`, *optional*): The bundled backbone's own config (only when bundled).
@@ -72,6 +84,13 @@ class EraConfig(PretrainedConfig):
         max_seq_length: int = 256,
         prompt_template: str = "{instruction} {query}",
         default_instruction: str = "",
+        fusion_encoder: str | None = None,
+        fusion_encoder_revision: str | None = None,
+        fusion_dim: int | None = None,
+        fusion_pooling: str = "mean",
+        fusion_max_seq_length: int = 256,
+        fusion_branch: str = "linear",
+        fusion_gate: float = 0.0,
         bundle_backbone: bool = False,
         backbone_config: dict[str, Any] | None = None,
         training_metadata: dict[str, Any] | None = None,
@@ -80,6 +99,16 @@ class EraConfig(PretrainedConfig):
         _check_choice("adapter_type", adapter_type, ADAPTER_TYPES)
         _check_choice("pooling", pooling, POOLING_MODES)
         _check_choice("similarity", similarity, SIMILARITIES)
+        _check_choice("fusion_pooling", fusion_pooling, POOLING_MODES)
+        _check_choice("fusion_branch", fusion_branch, FUSION_BRANCHES)
+        if adapter_type == "fusion":
+            if not fusion_dim or int(fusion_dim) <= 0:
+                raise ValueError(
+                    "adapter_type='fusion' needs fusion_dim, the dimension of the light query encoder "
+                    "(fusion_encoder, normally the doc encoder), e.g. fusion_dim=384."
+                )
+            if bundle_backbone:
+                raise ValueError("a fusion adapter names both query encoders by reference; use bundle_backbone=False.")
         if "{query}" not in prompt_template:
             raise ValueError(
                 f"prompt_template {prompt_template!r} has no '{{query}}' slot; "
@@ -104,6 +133,13 @@ class EraConfig(PretrainedConfig):
         self.max_seq_length = int(max_seq_length)
         self.prompt_template = prompt_template
         self.default_instruction = default_instruction
+        self.fusion_encoder = fusion_encoder
+        self.fusion_encoder_revision = fusion_encoder_revision
+        self.fusion_dim = int(fusion_dim) if fusion_dim else None
+        self.fusion_pooling = fusion_pooling
+        self.fusion_max_seq_length = int(fusion_max_seq_length)
+        self.fusion_branch = fusion_branch
+        self.fusion_gate = float(fusion_gate)
         self.bundle_backbone = bundle_backbone
         self.backbone_config = backbone_config
         self.training_metadata = dict(training_metadata or {})

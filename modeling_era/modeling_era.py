@@ -23,6 +23,7 @@ from .configuration_era import EraConfig
 
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_PREFIX = "backbone."
+LIGHT_BACKBONE_PREFIX = "light_backbone."  # fusion's light encoder: always by reference, never saved
 LORA_PREFIX = "lora."  # LoRA weights of the query backbone (config.lora_config), stored with the adapter
 # Keyword arguments of `from_pretrained` that also apply when fetching the backbone by reference.
 _BACKBONE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "proxies", "dtype", "device_map")
@@ -113,16 +114,22 @@ def encode_texts(
 # ---------------------------------------------------------------------------------------------
 
 
+def neutral_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """A linear layer that starts as the identity when the dims match (seeded default init otherwise)."""
+    layer = nn.Linear(in_dim, out_dim)
+    if in_dim == out_dim:
+        with torch.no_grad():
+            layer.weight.copy_(torch.eye(out_dim))
+            layer.bias.zero_()
+    return layer
+
+
 class LinearAdapter(nn.Module):
     """The paper's adapter: y = W·x + b."""
 
     def __init__(self, config: EraConfig) -> None:
         super().__init__()
-        self.proj = nn.Linear(config.query_dim, config.doc_dim)
-        if config.query_dim == config.doc_dim:
-            with torch.no_grad():
-                self.proj.weight.copy_(torch.eye(config.doc_dim))
-                self.proj.bias.zero_()
+        self.proj = neutral_linear(config.query_dim, config.doc_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
@@ -162,7 +169,24 @@ class MlpAdapter(nn.Module):
         return self.proj(x) + self.out(F.gelu(self.hidden(x)))
 
 
-ADAPTER_CLASSES = {"linear": LinearAdapter, "low_rank": LowRankAdapter, "mlp": MlpAdapter}
+class FusionAdapter(nn.Module):
+    """y = W_d·d + b_d + gate·A(q) on x = [q; d]: the light query embedding d = D(q), plus what the
+    strong one q = Q(q) adds through A (the `fusion_branch` family). W_d starts as the identity and the
+    gate at `fusion_gate`, so at gate 0 the adapter is the symmetric model D(q)."""
+
+    def __init__(self, config: EraConfig) -> None:
+        super().__init__()
+        self.widths = (config.query_dim, config.fusion_dim)
+        self.light = neutral_linear(config.fusion_dim, config.doc_dim)
+        self.strong = ADAPTER_CLASSES[config.fusion_branch](config)
+        self.gate = nn.Parameter(torch.tensor(float(config.fusion_gate)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        strong, light = x.split(self.widths, dim=-1)
+        return self.light(light) + self.gate * self.strong(strong)
+
+
+ADAPTER_CLASSES = {"linear": LinearAdapter, "low_rank": LowRankAdapter, "mlp": MlpAdapter, "fusion": FusionAdapter}
 
 
 def build_adapter(config: EraConfig) -> nn.Module:
@@ -239,9 +263,61 @@ class EraPreTrainedModel(PreTrainedModel):
         if revision is not None and wanted_revision is not None and revision != wanted_revision:
             raise IncompatibleDocEncoderError(f"the index was built with revision {revision}. {advice}")
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this adapter with its ERA model card (transformers' own push would write a generic card).
+
+        Takes `private`, `revision`, `token` and `commit_message` like transformers' `push_to_hub`. The
+        card is rendered by the package that trains ERA adapters (`training.push.push_adapter`).
+        """
+        try:
+            from training.push import push_adapter
+        except ImportError as error:
+            raise ImportError(
+                "push_to_hub renders the ERA model card with the era-adapters package: install it "
+                "(pip install era-adapters), or save_pretrained(folder) and upload the folder with "
+                "huggingface_hub.upload_folder."
+            ) from error
+        return push_adapter(self, repo_id, **kwargs)
+
     def _finish(self, vectors: torch.Tensor) -> torch.Tensor:
         vectors = self.adapter(vectors)
         return F.normalize(vectors, dim=-1) if self.config.normalize_output else vectors
+
+    def _adapter_input(self, query_embeddings: torch.Tensor, light_embeddings: torch.Tensor | None) -> torch.Tensor:
+        """Check and (per encoder) normalise pooled query embeddings; a fusion adapter takes both side by side.
+
+        A fusion adapter also accepts them already side by side, `(n, query_dim + fusion_dim)`, as the
+        training pipeline caches them.
+        """
+        config = self.config
+        fused = config.adapter_type == "fusion"
+        if not fused and light_embeddings is not None:
+            raise ValueError(f"a {config.adapter_type} adapter takes one query embedding; light embeddings are for fusion.")
+        if fused and light_embeddings is None and query_embeddings.ndim == 2 and \
+                query_embeddings.shape[1] == config.query_dim + config.fusion_dim:
+            query_embeddings, light_embeddings = query_embeddings.split([config.query_dim, config.fusion_dim], dim=1)
+        parts = [(query_embeddings, config.query_dim, config.query_encoder)]
+        if fused:
+            if light_embeddings is None:
+                raise ValueError(
+                    f"this fusion adapter needs the light query embeddings too: pass light_query_embeddings of shape "
+                    f"(n, {config.fusion_dim}) from {config.fusion_encoder}."
+                )
+            parts.append((light_embeddings, config.fusion_dim, config.fusion_encoder))
+        for vectors, width, encoder in parts:
+            if vectors.ndim != 2 or vectors.shape[1] != width:
+                raise ValueError(
+                    f"expected query embeddings of shape (n, {width}) from {encoder}, got {tuple(vectors.shape)}."
+                )
+        if fused and len(query_embeddings) != len(light_embeddings):
+            raise ValueError(
+                f"{len(query_embeddings)} strong query embeddings but {len(light_embeddings)} light ones; "
+                "pass the same queries, in the same order, to both encoders."
+            )
+        vectors = [part.to(self.dtype) for part, _, _ in parts]
+        if config.normalize_input:
+            vectors = [F.normalize(part, dim=-1) for part in vectors]
+        return torch.cat(vectors, dim=1) if fused else vectors[0]
 
 
 class EraAdapter(EraPreTrainedModel):
@@ -261,16 +337,12 @@ class EraAdapter(EraPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
         return cls._load_adapter_checked(pretrained_model_name_or_path, *model_args, **kwargs)
 
-    def forward(self, query_embeddings: torch.Tensor) -> torch.Tensor:
-        if query_embeddings.ndim != 2 or query_embeddings.shape[1] != self.config.query_dim:
-            raise ValueError(
-                f"expected query embeddings of shape (n, {self.config.query_dim}) from "
-                f"{self.config.query_encoder}, got {tuple(query_embeddings.shape)}."
-            )
-        vectors = query_embeddings.to(self.dtype)
-        if self.config.normalize_input:
-            vectors = F.normalize(vectors, dim=-1)
-        return self._finish(vectors)
+    def forward(
+        self, query_embeddings: torch.Tensor, light_query_embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`(n, query_dim)` pooled query embeddings in (a fusion adapter also takes the light encoder's
+        `(n, fusion_dim)` ones), `(n, doc_dim)` doc-space vectors out."""
+        return self._finish(self._adapter_input(query_embeddings, light_query_embeddings))
 
     @classmethod
     def from_reference_checkpoint(
@@ -313,7 +385,8 @@ class EraQueryEncoder(EraPreTrainedModel):
 
     By default only the adapter is saved and the backbone is named by `config.query_encoder` and
     `config.query_encoder_revision` (like a PEFT adapter); `save_pretrained(..., bundle_backbone=True)`
-    stores the backbone and tokenizer too, for a self-contained folder.
+    stores the backbone and tokenizer too, for a self-contained folder. A fusion adapter also runs the
+    light encoder (`config.fusion_encoder`, by reference) on the query.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^lora\."]  # LoRA weights: injected after the backbone loads
@@ -328,24 +401,33 @@ class EraQueryEncoder(EraPreTrainedModel):
             backbone_config = AutoConfig.for_model(**config.backbone_config)
             self.backbone = AutoModel.from_config(backbone_config)
         self.tokenizer = None
+        self.light_backbone, self.light_tokenizer = None, None  # fusion only
         self.post_init()
 
     @classmethod
-    def from_backbone(cls, config: EraConfig, backbone: PreTrainedModel, tokenizer: Any) -> EraQueryEncoder:
-        """Assemble a query encoder from a loaded backbone and tokenizer (training and tests use this)."""
+    def from_backbone(
+        cls, config: EraConfig, backbone: PreTrainedModel, tokenizer: Any,
+        light_backbone: PreTrainedModel | None = None, light_tokenizer: Any = None,
+    ) -> EraQueryEncoder:
+        """Assemble a query encoder from loaded backbones and tokenizers (the light ones: fusion only)."""
         model = cls(config)
         model.attach_backbone(backbone, tokenizer)
+        if light_backbone is not None:
+            model.attach_light_backbone(light_backbone, light_tokenizer)
         return model
 
     def attach_backbone(self, backbone: PreTrainedModel, tokenizer: Any) -> None:
-        hidden = backbone.config.hidden_size
-        if hidden != self.config.query_dim:
-            raise ValueError(
-                f"the backbone's hidden size is {hidden} but the adapter expects query_dim={self.config.query_dim}; "
-                f"load the query encoder the adapter was trained with ({self.config.query_encoder})."
-            )
+        _check_hidden_size(backbone, self.config.query_dim, "query_dim", self.config.query_encoder)
         self.backbone = backbone
         self.tokenizer = tokenizer
+
+    def attach_light_backbone(self, backbone: PreTrainedModel, tokenizer: Any) -> None:
+        """The light query encoder of a fusion adapter (normally the doc encoder)."""
+        if self.config.adapter_type != "fusion":
+            raise ValueError(f"a {self.config.adapter_type} adapter has no light query branch; only fusion has.")
+        _check_hidden_size(backbone, self.config.fusion_dim, "fusion_dim", self.config.fusion_encoder)
+        self.light_backbone = backbone
+        self.light_tokenizer = tokenizer
 
     @classmethod
     def from_pretrained(
@@ -354,12 +436,15 @@ class EraQueryEncoder(EraPreTrainedModel):
         *model_args: Any,
         backbone: PreTrainedModel | None = None,
         tokenizer: Any = None,
+        light_backbone: PreTrainedModel | None = None,
+        light_tokenizer: Any = None,
         **kwargs: Any,
     ) -> EraQueryEncoder:
         """Load the adapter, then its backbone: bundled in the folder, given, or by reference.
 
-        `backbone` / `tokenizer` override the referenced ones (e.g. a local copy of the query encoder).
-        Hub keyword arguments such as `cache_dir`, `token` and `local_files_only` apply to both loads.
+        `backbone` / `tokenizer` override the referenced ones (e.g. a local copy of the query encoder);
+        `light_backbone` / `light_tokenizer` likewise for the light encoder of a fusion adapter.
+        Hub keyword arguments such as `cache_dir`, `token` and `local_files_only` apply to every load.
         """
         model = cls._load_adapter_checked(pretrained_model_name_or_path, *model_args, **kwargs)
         config = model.config
@@ -368,26 +453,21 @@ class EraQueryEncoder(EraPreTrainedModel):
             source, revision = pretrained_model_name_or_path, kwargs.get("revision")
         else:
             source, revision = config.query_encoder, config.query_encoder_revision
-        if model.backbone is None:
-            if backbone is None and source is None:
-                raise ValueError(
-                    f"{pretrained_model_name_or_path} names no query encoder and bundles none; pass backbone=... "
-                    "or load it with EraAdapter for precomputed query embeddings."
-                )
-            # AutoModel's probe for a PEFT adapter ignores the hub kwargs unless handed them again.
-            probe_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "local_files_only", "proxies") if key in hub_kwargs}
-            backbone = backbone or AutoModel.from_pretrained(
-                source, revision=revision, adapter_kwargs=probe_kwargs, **hub_kwargs
-            )
-        else:
+        if model.backbone is not None:
             backbone = model.backbone
-        hub_kwargs.pop("dtype", None), hub_kwargs.pop("device_map", None)
-        # Handing over the backbone's config keeps AutoTokenizer from reading our config.json (custom code).
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(
-            source, revision=revision, config=backbone.config, **hub_kwargs
-        )
-        model.attach_backbone(backbone.eval(), tokenizer)
+        elif backbone is None and source is None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} names no query encoder and bundles none; pass backbone=... "
+                "or load it with EraAdapter for precomputed query embeddings."
+            )
+        model.attach_backbone(*_load_encoder(source, revision, backbone, tokenizer, hub_kwargs))
+        if config.adapter_type == "fusion":
+            if light_backbone is None and config.fusion_encoder is None:
+                raise ValueError(f"{pretrained_model_name_or_path} names no fusion_encoder; pass light_backbone=...")
+            model.attach_light_backbone(*_load_encoder(
+                config.fusion_encoder, config.fusion_encoder_revision, light_backbone, light_tokenizer, hub_kwargs))
         if getattr(config, "lora_config", None):
+            hub_kwargs.pop("dtype", None), hub_kwargs.pop("device_map", None)
             weights = cached_file(pretrained_model_name_or_path, WEIGHTS_NAME, revision=kwargs.get("revision"), **hub_kwargs)
             model._load_lora(weights)
         return model.eval()
@@ -413,10 +493,13 @@ class EraQueryEncoder(EraPreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *, bundle_backbone: bool | None = None, **kwargs: Any):
         """Save the adapter (by default) or adapter + backbone + tokenizer (`bundle_backbone=True`)."""
         bundle = self.config.bundle_backbone if bundle_backbone is None else bundle_backbone
+        if bundle and self.config.adapter_type == "fusion":
+            raise ValueError("a fusion adapter names both query encoders by reference; save with bundle_backbone=False.")
         self.config.bundle_backbone = bundle
         self.config.backbone_config = self.backbone.config.to_dict() if bundle else None
         state = self.state_dict()
         lora = {key: value for key, value in state.items() if key.startswith(BACKBONE_PREFIX) and "lora_" in key}
+        state = {key: value for key, value in state.items() if not key.startswith(LIGHT_BACKBONE_PREFIX)}
         if not bundle:
             state = {key: value for key, value in state.items() if not key.startswith(BACKBONE_PREFIX)}
         if getattr(self.config, "lora_config", None):
@@ -430,17 +513,26 @@ class EraQueryEncoder(EraPreTrainedModel):
             self.tokenizer.save_pretrained(save_directory)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        light_inputs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Token ids of prompted queries in, `(batch, doc_dim)` doc-space embeddings out."""
+        """Token ids of prompted queries in, `(batch, doc_dim)` doc-space embeddings out.
+
+        A fusion adapter also needs `light_inputs`: the light tokenizer's output for the same prompts.
+        """
+        config = self.config
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**inputs).last_hidden_state
-        vectors = pool(hidden, attention_mask, self.config.pooling).float()
-        if self.config.normalize_input:
-            vectors = F.normalize(vectors, dim=-1)
-        return self._finish(vectors)
+        strong = pool(self.backbone(**inputs).last_hidden_state, attention_mask, config.pooling).float()
+        light = None
+        if light_inputs is not None:
+            hidden = self.light_backbone(**light_inputs).last_hidden_state
+            light = pool(hidden, light_inputs["attention_mask"], config.fusion_pooling).float()
+        return self._finish(self._adapter_input(strong, light))
 
     def encode_queries(
         self, queries: Sequence[str], instruction: str | None = None, batch_size: int = 32
@@ -452,15 +544,43 @@ class EraQueryEncoder(EraPreTrainedModel):
         if self.backbone is None or self.tokenizer is None:
             raise RuntimeError("no query backbone attached; load with from_pretrained or use from_backbone.")
         _check_texts(queries, "queries")
-        instruction = self.config.default_instruction if instruction is None else instruction
-        prompts = [format_prompt(self.config.prompt_template, query, instruction) for query in queries]
-        return encode_texts(
-            self.backbone,
-            self.tokenizer,
-            prompts,
-            pooling=self.config.pooling,
-            max_length=self.config.max_seq_length,
-            batch_size=batch_size,
-            normalize=self.config.normalize_input,
-            head=self._finish,
+        config = self.config
+        instruction = config.default_instruction if instruction is None else instruction
+        prompts = [format_prompt(config.prompt_template, query, instruction) for query in queries]
+        strong = {"pooling": config.pooling, "max_length": config.max_seq_length, "batch_size": batch_size,
+                  "normalize": config.normalize_input}
+        if config.adapter_type != "fusion":
+            return encode_texts(self.backbone, self.tokenizer, prompts, **strong, head=self._finish)
+        if self.light_backbone is None or self.light_tokenizer is None:
+            raise RuntimeError("no light query backbone attached; load with from_pretrained or attach_light_backbone.")
+        light = {**strong, "pooling": config.fusion_pooling, "max_length": config.fusion_max_seq_length}
+        with torch.no_grad():
+            return self._finish(self._adapter_input(
+                encode_texts(self.backbone, self.tokenizer, prompts, **strong).to(self.device),
+                encode_texts(self.light_backbone, self.light_tokenizer, prompts, **light).to(self.device),
+            )).float().cpu()
+
+
+def _check_hidden_size(backbone: PreTrainedModel, expected: int, field: str, encoder: str | None) -> None:
+    hidden = backbone.config.hidden_size
+    if hidden != expected:
+        raise ValueError(
+            f"the backbone's hidden size is {hidden} but the adapter expects {field}={expected}; "
+            f"load the encoder the adapter was trained with ({encoder})."
         )
+
+
+def _load_encoder(
+    source: str | os.PathLike | None, revision: str | None, backbone: PreTrainedModel | None, tokenizer: Any,
+    hub_kwargs: dict[str, Any],
+) -> tuple[PreTrainedModel, Any]:
+    """The given backbone / tokenizer, or those named by `source` (an explicit, requested Hub load)."""
+    if backbone is None:
+        # AutoModel's probe for a PEFT adapter ignores the hub kwargs unless handed them again.
+        probe_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "local_files_only", "proxies") if key in hub_kwargs}
+        backbone = AutoModel.from_pretrained(source, revision=revision, adapter_kwargs=probe_kwargs, **hub_kwargs)
+    if tokenizer is None:
+        tokenizer_kwargs = {key: value for key, value in hub_kwargs.items() if key not in ("dtype", "device_map")}
+        # Handing over the backbone's config keeps AutoTokenizer from reading our config.json (custom code).
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, config=backbone.config, **tokenizer_kwargs)
+    return backbone.eval(), tokenizer

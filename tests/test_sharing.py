@@ -263,10 +263,10 @@ def inherited_push(tiny_backbone, monkeypatch) -> tuple[HubRecorder, EraQueryEnc
 
 
 def test_inherited_push_to_hub_uploads_config_weights_and_code(tiny_backbone, monkeypatch, tmp_path):
-    """`model.push_to_hub` (transformers') goes through our save_pretrained: config, weights, code files."""
+    """`model.push_to_hub` goes through our save_pretrained: config, weights, code files, on the branch asked."""
     hub, model = inherited_push(tiny_backbone, monkeypatch)
     assert hub.named("create_repo")[0]["private"] is True and hub.named("create_repo")[0]["token"] == SECRET
-    assert hub.named("create_branch")[0]["branch"] == "dev" and hub.named("create_commit")[0]["revision"] == "dev"
+    assert hub.named("create_branch")[0]["branch"] == "dev" and hub.named("upload_folder")[0]["revision"] == "dev"
     model.save_pretrained(tmp_path / "saved")
     saved = folder_bytes(tmp_path / "saved")
     assert set(hub.uploaded) == SAVED_FILES
@@ -274,17 +274,20 @@ def test_inherited_push_to_hub_uploads_config_weights_and_code(tiny_backbone, mo
         assert hub.uploaded[name] == saved[name], name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="transformers' push_to_hub writes its generic card over README.md (create_and_tag_model_card); the ERA "
-    "card needs an EraPreTrainedModel.push_to_hub override in modeling_era. Meanwhile: training/push.py or "
-    "training.push.push_adapter(model, repo_id).",
-)
 def test_inherited_push_to_hub_uploads_the_era_card(tiny_backbone, monkeypatch):
     hub, _ = inherited_push(tiny_backbone, monkeypatch)
     card = ModelCard(hub.uploaded["README.md"].decode())
     assert "ERA adapter" in card.text and card.data.base_model == BACKBONE_ID
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in card.text
+
+
+def test_push_to_hub_without_the_training_package_says_what_to_install(tiny_backbone, monkeypatch):
+    hub = HubRecorder().install(monkeypatch)
+    monkeypatch.setitem(sys.modules, "training.push", None)  # as for a user who has only the Hub folder
+    model = random_adapter(BACKBONE_ID, seed=1)
+    with pytest.raises(ImportError, match="pip install era-adapters"):
+        model.push_to_hub(REPO_ID, token=SECRET)
+    assert hub.calls == []
 
 
 # ---------------------------------------------------------------------------------------------

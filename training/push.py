@@ -167,7 +167,7 @@ def _save_model(model: Any, folder: Path, repo_id: str) -> None:
     from training.artifacts import render_model_card
 
     model.save_pretrained(folder)
-    count = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
+    count = sum(p.numel() for p in model.adapter.parameters())  # the adapter alone, never a backbone
     render_model_card(model.config, num_parameters=count, repo_id=repo_id).save(folder / "README.md")
 
 
