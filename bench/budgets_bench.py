@@ -4,7 +4,7 @@
         [--query-encoder sentence-transformers/all-mpnet-base-v2] \
         [--doc-encoder sentence-transformers/all-MiniLM-L6-v2] [--budgets 0.05 0.1 0.2 0.4] \
         [--max-docs 2000] [--max-queries 200] [--prompt-templates "{query}" "{instruction} {query}"] \
-        [--no-symmetric] [--adapt-arg lr=0.001 ...] [--output bench/results/budgets]
+        [--no-symmetric] [--no-fusion] [--adapt-arg lr=0.001 ...] [--output bench/results/budgets]
 
 Systems, all scored per task on the same test queries (the fixed test part of the seeded split,
 optionally a seeded sample of `--max-queries` of them) over the same capped corpus:
@@ -14,7 +14,12 @@ optionally a seeded sample of `--max-queries` of them) over the same capped corp
 * `align[T]`: stage 1 only (training/align.py), per task, with query prompt template T;
 * `adapt[T]@b`: labels only from a neutral start (the "Embedding Adapter" baseline) at budget b;
 * `both[T]@b`: ERA, stage 1 then stage 2 at budget b;
-* `sym_both@b` (unless `--no-symmetric`): D→D with an adapter trained the same way (align + adapt).
+* `sym_both@b` (unless `--no-symmetric`): D→D with an adapter trained the same way (align + adapt);
+* `fusion_align`, `fusion@b` (unless `--no-fusion`): the fusion adapter (issue 8) on [Q(q); D(q)], stage 1
+  then stage 2 exactly like `both`, with the first prompt template.
+
+With fusion, the extra query-time cost of running both backbones is measured in the same run: Q alone
+versus Q + D on a sample of test queries (uncached), reported as a ratio.
 
 Adapters are trained per task (one index per task). Budgets count training + validation labels
 (`training.data.make_split`). Every adapter folder is kept under `<work-dir>/<settings hash>/<task>/`
@@ -80,7 +85,7 @@ def _done(folder: Path) -> bool:
 
 def train_task_adapters(
     data: str, task: str, folder: Path, *, query_encoder: str, doc_encoder: str, budgets: Sequence[float],
-    templates: Sequence[str], symmetric: bool, num_texts: int, max_docs: int | None, cache_dir: str | None,
+    templates: Sequence[str], symmetric: bool, fusion: bool, num_texts: int, max_docs: int | None, cache_dir: str | None,
     adapt_args: dict[str, Any], timings: dict[str, float],
 ) -> list[Path]:
     """Train (or reuse) every adapter of one task; return their folders in table order."""
@@ -114,7 +119,33 @@ def train_task_adapters(
         for budget in budgets:
             systems.append(timed(f"sym_both@{budget:g}", folder / f"sym_both@{budget:g}", lambda out: adapt(
                 data, output=out, label_budget=budget, mode="both", init=sym_align, **common, **adapt_args)))
+    if fusion:
+        fusion_align = timed("fusion_align", folder / "fusion_align", lambda out: align(
+            data, query_encoder=query_encoder, doc_encoder=doc_encoder, output=out, num_texts=num_texts,
+            prompt_template=templates[0], adapter="fusion", **common))
+        systems.append(fusion_align)
+        for budget in budgets:
+            systems.append(timed(f"fusion@{budget:g}", folder / f"fusion@{budget:g}", lambda out: adapt(
+                data, output=out, label_budget=budget, mode="both", init=fusion_align, **common, **adapt_args)))
     return systems
+
+
+def query_cost(data: str, task: str, query_encoder: str, doc_encoder: str, template: str, count: int,
+               cache_dir: str | None) -> dict[str, float]:
+    """Seconds to embed `count` test queries with Q alone and with Q + D (fusion), uncached, one run."""
+    from training.encoders import FusedEncoder, TextEncoder
+
+    loaded = load_tasks(data, [task])[0]
+    prompts = [loaded.queries[i].query for i in range(min(count, len(loaded.queries)))]
+    strong = TextEncoder(query_encoder, cache_dir=cache_dir, query_template=template)
+    fused = FusedEncoder(strong, TextEncoder(doc_encoder, cache_dir=cache_dir, query_template=template))
+    timings = {}
+    for name, encoder in (("warm-up", fused), ("query_encoder", strong), ("fusion", fused)):
+        started = time.perf_counter()
+        encoder.encode([encoder.format_query(p, "") for p in prompts])
+        timings[name] = time.perf_counter() - started
+    del timings["warm-up"]
+    return {**timings, "queries": len(prompts), "ratio": timings["fusion"] / timings["query_encoder"]}
 
 
 def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -165,6 +196,14 @@ def check_targets(systems: dict[str, Any], budgets: Sequence[float], templates: 
         if 0.4 in budgets:
             add(f"both[{tag}]@0.4 within 1 point of query2query (or above)", macro(f"both[{tag}]@0.4"),
                 macro("query2query"), margin=0.01)
+    if "fusion_align" in systems:  # issue 8, against the first template's ERA
+        tag = template_tag(templates[0])
+        for budget in budgets:
+            fusion = macro(f"fusion@{budget:g}")
+            add(f"fusion ≥ sym_both at {budget:g}", fusion, macro(f"sym_both@{budget:g}"), margin=1e-12)
+            add(f"fusion ≥ both[{tag}] at {budget:g}", fusion, macro(f"both[{tag}]@{budget:g}"), margin=1e-12)
+            if budget >= 0.2:
+                add(f"fusion ≥ query2query at {budget:g}", fusion, macro("query2query"), margin=1e-12)
     return checks
 
 
@@ -221,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folders = train_task_adapters(
             args.data, task, work_dir / task, query_encoder=args.query_encoder,
             doc_encoder=args.doc_encoder, budgets=args.budgets, templates=args.prompt_templates,
-            symmetric=args.symmetric, num_texts=args.num_texts, max_docs=args.max_docs, cache_dir=args.cache_dir,
+            symmetric=args.symmetric, fusion=args.fusion, num_texts=args.num_texts, max_docs=args.max_docs, cache_dir=args.cache_dir,
             adapt_args=adapt_args, timings=timings,
         )
         clock = time.perf_counter()
@@ -235,21 +274,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = {
         "data": str(args.data), "tasks": tasks, "query_encoder": args.query_encoder, "doc_encoder": args.doc_encoder,
         "budgets": list(args.budgets), "prompt_templates": list(args.prompt_templates), "symmetric": args.symmetric,
+        "fusion": args.fusion,
         "num_texts": args.num_texts, "max_docs": args.max_docs, "max_queries": args.max_queries,
         "adapt_args": adapt_args, "split_seed": 0, "machine": platform.platform(), "work_dir": str(work_dir),
     }
     checks = check_targets(systems, args.budgets, args.prompt_templates)
+    cost = query_cost(args.data, tasks[0], args.query_encoder, args.doc_encoder, args.prompt_templates[0],
+                      args.cost_queries, args.cache_dir) if args.fusion and args.cost_queries else None
     result = {
         "settings": settings,
         "systems": {name: {k: v for k, v in s.items() if k != "per_query"} for name, s in systems.items()},
         "per_query": {name: s["per_query"] for name, s in systems.items()},
         "test_qids": {task: report["tasks"][task]["test_qids"] for task, report in reports.items()},
         "targets": checks,
+        "fusion_query_cost": cost,
         "seconds": {"total": time.perf_counter() - started, **timings},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     table = markdown(systems, tasks, checks, settings)
+    if cost:
+        table += (f"\nQuery-time cost of fusion (Q + D backbones) vs Q alone, {cost['queries']} {tasks[0]} queries, "
+                  f"uncached, one run: {cost['fusion']:.2f} s vs {cost['query_encoder']:.2f} s = {cost['ratio']:.2f}×.\n")
     output.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table)
     print(f"results: {output.with_suffix('.json')} and {output.with_suffix('.md')}")
@@ -267,6 +313,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-templates", nargs="+", default=["{query}", "{instruction} {query}"],
                         help="query prompts of the adapters (each gets its own align/adapt/both systems)")
     parser.add_argument("--no-symmetric", dest="symmetric", action="store_false", help="skip D→D + adapter")
+    parser.add_argument("--no-fusion", dest="fusion", action="store_false", help="skip the fusion adapter")
+    parser.add_argument("--cost-queries", type=int, default=200,
+                        help="test queries of the first task timed for fusion's query cost (0: skip)")
     parser.add_argument("--num-texts", type=int, default=1000, help="unlabeled documents per task for stage 1")
     parser.add_argument("--max-docs", type=int, help="corpus cap, the same for every system")
     parser.add_argument("--max-queries", type=int, help="seeded sample of test queries per task")

@@ -553,6 +553,8 @@ class EraQueryEncoder(EraPreTrainedModel):
             return encode_texts(self.backbone, self.tokenizer, prompts, **strong, head=self._finish)
         if self.light_backbone is None or self.light_tokenizer is None:
             raise RuntimeError("no light query backbone attached; load with from_pretrained or attach_light_backbone.")
+        # `_adapter_input` normalises each part, once: exactly what the symmetric model does to D(q).
+        strong["normalize"] = False
         light = {**strong, "pooling": config.fusion_pooling, "max_length": config.fusion_max_seq_length}
         with torch.no_grad():
             return self._finish(self._adapter_input(

@@ -88,7 +88,8 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import broadcast_object_list  # noqa: E402
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder, pool  # noqa: E402
-from training.artifacts import era_config, query_side_encoder, save_query_encoder  # noqa: E402
+from modeling_era.configuration_era import ADAPTER_TYPES  # noqa: E402
+from training.artifacts import adapter_input_dim, era_config, query_side_encoder, save_query_encoder  # noqa: E402
 from training.cache import embed_documents, embed_texts  # noqa: E402
 from training.data import DEFAULT_BUDGETS, Task, TaskSplit, cap_corpus, load_tasks, make_split  # noqa: E402
 from training.encoders import TextEncoder  # noqa: E402
@@ -747,13 +748,16 @@ def _starting_adapter(
         d_encoder = TextEncoder(doc_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
         config = era_config(q_encoder, d_encoder, adapter_type=adapter, prompt_template=prompt_template,
                             default_instruction=default_instruction, adapter_rank=adapter_rank,
-                            adapter_hidden_dim=adapter_hidden_dim)
+                            adapter_hidden_dim=adapter_hidden_dim)  # fusion: gate 0, i.e. starts as D(q)
         torch.manual_seed(seed)  # the seeded random init when the dims differ
         model = EraAdapter(config)
         start = {"init": "identity" if config.query_dim == config.doc_dim else f"random (torch seed {seed})"}
-    if d_encoder.dim != model.config.doc_dim or q_encoder.dim != model.config.query_dim:
+        if adapter == "fusion":
+            q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
+            start["init"] = f"fusion: light branch identity, gate 0, Q branch random (torch seed {seed})"
+    if d_encoder.dim != model.config.doc_dim or q_encoder.dim != adapter_input_dim(model.config):
         raise ValueError(
-            f"the adapter maps {model.config.query_dim}->{model.config.doc_dim} but the encoders give "
+            f"the adapter maps {adapter_input_dim(model.config)}->{model.config.doc_dim} but the encoders give "
             f"{q_encoder.dim} and {d_encoder.dim} dims."
         )
     return model, q_encoder, d_encoder, start
@@ -830,6 +834,8 @@ def adapt(
         default_instruction=default_instruction, seed=settings.seed, cache_dir=cache_dir,
         embed_batch_size=embed_batch_size,
     )
+    if lora and model.config.adapter_type == "fusion":
+        raise ValueError("--lora is not supported with a fusion adapter (two query backbones); drop --lora.")
     init_metadata = dict(model.config.training_metadata)
     align_seed = int(init_metadata.get("seeds", {}).get("sample", settings.seed)) if mode == "both" else settings.seed
     loaded = load_tasks(data, tasks)
@@ -938,7 +944,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--query-encoder", help="for --mode adapt (both: taken from --init)")
     parser.add_argument("--doc-encoder", help="for --mode adapt (both: taken from --init)")
     parser.add_argument("--output", required=True, help="folder for the adapted EraQueryEncoder")
-    parser.add_argument("--adapter", choices=("linear", "low_rank", "mlp"), default="linear", help="family (--mode adapt)")
+    parser.add_argument("--adapter", choices=ADAPTER_TYPES, default="linear", help="family (--mode adapt)")
     parser.add_argument("--adapter-rank", type=int, default=64)
     parser.add_argument("--adapter-hidden-dim", type=int, default=1024)
     parser.add_argument("--prompt-template", default="{instruction} {query}", help="query prompt (--mode adapt)")

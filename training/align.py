@@ -1,7 +1,7 @@
 """Stage 1, self-supervised alignment: fit A so that A(Q(t)) ≈ D(t) on unlabeled texts.
 
     accelerate launch training/align.py --query-encoder Q --doc-encoder D --data DIR [--tasks ...] \
-        --num-texts 1000 --adapter linear|low_rank|mlp --output OUT
+        --num-texts 1000 --adapter linear|low_rank|mlp|fusion --output OUT
 
 Samples texts per task (corpus documents; optionally the non-test queries too), embeds them with both
 encoders through the embedding cache (only the sampled texts go through Q), fits the adapter and
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from modeling_era import EraAdapter
+from modeling_era import EraAdapter, EraConfig
+from modeling_era.configuration_era import ADAPTER_TYPES, FUSION_BRANCHES
 from training.artifacts import era_config, save_query_encoder
 from training.cache import embed_texts
 from training.data import Task, cap_corpus, load_tasks, make_split
@@ -40,6 +41,7 @@ from training.search import exact_search
 logger = logging.getLogger("era.align")
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # × mean eigenvalue of the input covariance
 HELD_OUT_SHARE = 0.1
+FUSION_GATE = 1.0  # fusion's starting gate: D(q) and the aligned A(Q(q)) weighted equally (measured: README)
 _SAMPLE_STREAM = 5  # numpy SeedSequence stream of the text sampling (data.py uses 0-4)
 
 
@@ -154,8 +156,10 @@ def procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def set_from_linear(adapter: EraAdapter, weight: np.ndarray, bias: np.ndarray) -> None:
-    """Initialise any family from a linear map y = x·W + b, where its shape allows."""
+    """Initialise any family from a linear map y = x·W + b, where its shape allows (fusion: its Q branch)."""
     module, kind = adapter.adapter, adapter.config.adapter_type
+    if kind == "fusion":
+        module, kind = module.strong, adapter.config.fusion_branch
     with torch.no_grad():
         if kind in ("linear", "mlp"):
             module.proj.weight.copy_(torch.from_numpy(weight.T.astype(np.float32)))
@@ -276,13 +280,22 @@ def align(
     adapter_hidden_dim: int = 1024,
     prompt_template: str = "{instruction} {query}",
     default_instruction: str = "",
+    fusion_branch: str = "linear",
+    fusion_gate: float = FUSION_GATE,
     seed: int = 0,
     max_docs: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     embed_batch_size: int = 32,
     accelerator: Accelerator | None = None,
 ) -> EraAdapter:
-    """Run stage 1 and save the aligned query encoder to `output`; returns the fitted adapter."""
+    """Run stage 1 and save the aligned query encoder to `output`; returns the fitted adapter.
+
+    `adapter="fusion"`: the Q branch (family `fusion_branch`) is fitted exactly like that family alone
+    (its alignment metrics are reported); the light branch, fed D(q), starts as the identity and the
+    gate at `fusion_gate`. (Aligning the light branch would be trivial: on documents D(t) is the target.)
+    """
+    if adapter == "fusion" and refine_epochs:
+        raise ValueError("--refine-epochs does not apply to fusion: its stage 1 is the closed-form fit of the Q branch.")
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(seed)
     q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size,
@@ -296,23 +309,23 @@ def align(
     y = embed_texts(d_encoder, texts.doc_side, **embed)
     train_rows, held_rows = np.flatnonzero(~texts.held_out), np.flatnonzero(texts.held_out)
     metadata_recipe: dict[str, Any] = {"family": adapter, "loss": loss, "held_out_share": HELD_OUT_SHARE}
-    config = era_config(q_encoder, d_encoder, adapter_type=adapter, prompt_template=prompt_template,
-                        default_instruction=default_instruction, adapter_rank=adapter_rank,
-                        adapter_hidden_dim=adapter_hidden_dim)
-    model = EraAdapter(config)
+    shape = {"prompt_template": prompt_template, "default_instruction": default_instruction,
+             "adapter_rank": adapter_rank, "adapter_hidden_dim": adapter_hidden_dim}
+    family = fusion_branch if adapter == "fusion" else adapter
+    model = EraAdapter(era_config(q_encoder, d_encoder, adapter_type=family, **shape))
     mine = train_rows[accelerator.process_index :: accelerator.num_processes]
     if procrustes_fit:
         weight, bias = procrustes(x[train_rows], y[train_rows]), np.zeros(y.shape[1])
         metadata_recipe["fit"] = "orthogonal Procrustes"
     else:
-        residual = adapter == "low_rank" and x.shape[1] == y.shape[1]
+        residual = family == "low_rank" and x.shape[1] == y.shape[1]
         stats = ridge_statistics(x[mine], y[mine] - (x[mine] if residual else 0), accelerator)
         weight, bias, ridge_report = choose_ridge(stats, x[held_rows], y[held_rows] - (x[held_rows] if residual else 0))
         if residual:
             weight = weight + np.eye(weight.shape[0])
         metadata_recipe.update(fit="closed-form ridge with bias (float64 sums)", ridge=ridge_report)
     set_from_linear(model, weight, bias)
-    gradient_epochs = refine_epochs if adapter == "linear" else epochs
+    gradient_epochs = refine_epochs if family == "linear" else epochs
     if gradient_epochs > 0:
         loop = LoopConfig(epochs=gradient_epochs, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed)
         checkpoints = Path(output).parent / f".{Path(output).name}.checkpoints"
@@ -322,6 +335,12 @@ def align(
                                          "batch_size": batch_size, "patience": patience, "curve": curve})
     quality = alignment_quality(model, x[held_rows], y[held_rows], y, held_rows)
     metadata_recipe["summary"] = _summary(adapter, metadata_recipe, len(train_rows))
+    if adapter == "fusion":
+        model = fusion_from_branch(model, era_config(q_encoder, d_encoder, adapter_type="fusion", fusion_branch=family,
+                                                     fusion_gate=fusion_gate, **shape))
+        metadata_recipe.update(fusion={"branch": family, "gate": fusion_gate, "light_branch": "identity"})
+        metadata_recipe["summary"] += f"; fusion: light branch D(q) at identity, Q branch gated at {fusion_gate:g}"
+    config = model.config
     config.training_metadata = {
         "mode": "align",
         "tasks": [task.name for task in loaded],
@@ -346,6 +365,13 @@ def align(
     return model
 
 
+def fusion_from_branch(branch: EraAdapter, config: EraConfig) -> EraAdapter:
+    """A fusion adapter (`config`) whose Q branch is `branch`'s map; the light branch stays the identity."""
+    fused = EraAdapter(config)
+    fused.adapter.strong.load_state_dict(branch.adapter.state_dict())
+    return fused
+
+
 def _summary(adapter: str, recipe: dict[str, Any], count: int) -> str:
     text = f"{adapter} adapter, {recipe['fit']} on {count} unlabeled texts"
     if "gradient" in recipe:
@@ -361,7 +387,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+")
     parser.add_argument("--output", required=True, help="folder for the aligned EraQueryEncoder")
     parser.add_argument("--num-texts", type=int, default=1000, help="corpus documents sampled per task")
-    parser.add_argument("--adapter", choices=("linear", "low_rank", "mlp"), default="linear")
+    parser.add_argument("--adapter", choices=ADAPTER_TYPES, default="linear")
+    parser.add_argument("--fusion-branch", choices=FUSION_BRANCHES, default="linear",
+                        help="fusion: family of the Q branch (low_rank for large query encoders)")
+    parser.add_argument("--fusion-gate", type=float, default=FUSION_GATE,
+                        help="fusion: starting gate of the Q branch (0: start as the symmetric D→D model)")
     parser.add_argument("--with-queries", action="store_true", help="also align on the non-test query texts")
     parser.add_argument("--procrustes", action="store_true", help="orthogonal map instead of ridge (equal dims)")
     parser.add_argument("--refine-epochs", type=int, default=0, help="gradient refinement of the linear ridge fit")

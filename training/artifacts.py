@@ -12,12 +12,12 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
-from training.encoders import TextEncoder
+from training.encoders import FusedEncoder, TextEncoder
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "era_adapter.md"
 CARD_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
@@ -32,9 +32,22 @@ def era_config(
     prompt_template: str = "{instruction} {query}",
     default_instruction: str = "",
     training_metadata: dict[str, Any] | None = None,
+    light_encoder: TextEncoder | None = None,
     **adapter_shape: Any,
 ) -> EraConfig:
-    """An EraConfig that records both encoders exactly as they embed (ids, revisions, pooling...)."""
+    """An EraConfig that records the encoders exactly as they embed (ids, revisions, pooling...).
+
+    `light_encoder` (fusion only): the light query encoder of the second branch, normally the doc encoder.
+    """
+    if adapter_type == "fusion":
+        light_encoder = light_encoder or doc_encoder
+        if light_encoder.normalize != query_encoder.normalize:
+            raise ValueError(f"fusion needs both query encoders to agree on normalisation: {query_encoder!r} vs {light_encoder!r}.")
+        adapter_shape.update(
+            fusion_encoder=light_encoder.model_id, fusion_encoder_revision=light_encoder.revision,
+            fusion_dim=light_encoder.dim, fusion_pooling=light_encoder.pooling,
+            fusion_max_seq_length=light_encoder.max_length,
+        )
     return EraConfig(
         query_encoder=query_encoder.model_id,
         query_encoder_revision=query_encoder.revision,
@@ -67,9 +80,31 @@ def query_side_settings(config: EraConfig) -> dict[str, Any]:
     }
 
 
-def query_side_encoder(config: EraConfig, **kwargs: Any) -> TextEncoder:
-    """The TextEncoder that embeds queries exactly as an adapter with this config expects them."""
-    return TextEncoder(**query_side_settings(config), **kwargs)
+def light_side_settings(config: EraConfig) -> dict[str, Any]:
+    """TextEncoder arguments of a fusion adapter's light query encoder (same prompt as the strong one)."""
+    return {
+        "model": config.fusion_encoder,
+        "revision": config.fusion_encoder_revision,
+        "pooling": config.fusion_pooling,
+        "normalize": config.normalize_input,
+        "max_length": config.fusion_max_seq_length,
+        "query_template": config.prompt_template,
+    }
+
+
+def query_side_encoder(config: EraConfig, make: Callable[..., TextEncoder] = TextEncoder,
+                       **kwargs: Any) -> TextEncoder | FusedEncoder:
+    """What embeds queries exactly as an adapter with this config expects them: a TextEncoder, or for a
+    fusion adapter a FusedEncoder (strong + light). `make` builds each TextEncoder (e.g. a shared pool)."""
+    strong = make(**query_side_settings(config), **kwargs)
+    if config.adapter_type != "fusion":
+        return strong
+    return FusedEncoder(strong, make(**light_side_settings(config), **kwargs))
+
+
+def adapter_input_dim(config: EraConfig) -> int:
+    """Width of the (cached) query vectors an EraAdapter with this config takes."""
+    return config.query_dim + (config.fusion_dim if config.adapter_type == "fusion" else 0)
 
 
 def save_query_encoder(adapter: EraAdapter, output: str | os.PathLike, *, repo_id: str | None = None) -> Path:

@@ -554,6 +554,13 @@ def embed_texts(
     is in `cache.last_stats` (see `ensure_embedded`).
     """
     texts = list(texts)
+    parts = getattr(encoder, "parts", None)  # a FusedEncoder: each part through its own cache, side by side
+    if parts is not None:
+        if isinstance(cache, EmbeddingCache):
+            raise ValueError("a FusedEncoder embeds through one cache per part: pass cache_dir, not an EmbeddingCache.")
+        kwargs = {"cache_dir": cache_dir, "accelerator": accelerator, "batch_size": batch_size,
+                  "shard_size": shard_size, "progress": progress}
+        return np.concatenate([embed_texts(part, texts, cache=cache, **kwargs) for part in parts], axis=1)
     if cache is False:
         return encoder.encode(texts, batch_size=batch_size)
     if not texts:

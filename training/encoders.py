@@ -348,3 +348,36 @@ class TextEncoder:
             on_batch=on_batch,
         )
         return vectors.numpy()
+
+
+class FusedEncoder:
+    """The query side of a fusion adapter: a strong and a light encoder's embeddings side by side.
+
+    Both see the same prompt (the strong encoder's template). `training.cache.embed_texts` embeds each
+    part through its own cache and concatenates, `(n, strong.dim + light.dim)`: the input a fusion
+    `EraAdapter` takes.
+    """
+
+    def __init__(self, strong: TextEncoder, light: TextEncoder) -> None:
+        self.strong, self.light = strong, light
+
+    @property
+    def parts(self) -> tuple[TextEncoder, TextEncoder]:
+        return self.strong, self.light
+
+    @property
+    def dim(self) -> int:
+        return self.strong.dim + self.light.dim
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.strong.model_id} + {self.light.model_id}"
+
+    def __repr__(self) -> str:
+        return f"FusedEncoder({self.strong!r}, {self.light!r})"
+
+    def format_query(self, query: str, instruction: str | None = "") -> str:
+        return self.strong.format_query(query, instruction)
+
+    def encode(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return np.concatenate([part.encode(texts, **kwargs) for part in self.parts], axis=1)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from modeling_era import EraAdapter, EraConfig
-from training.artifacts import query_side_settings
+from training.artifacts import query_side_encoder
 from training.cache import embed_documents, embed_queries
 from training.data import Task, TaskSplit, cap_corpus, load_tasks, make_split
 from training.encoders import TextEncoder
@@ -101,7 +101,7 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
     adapter = EraAdapter.from_pretrained(spec).eval()
     if doc_encoder is not None:
         adapter.check_doc_encoder(doc_encoder)
-    query_side = encoders.get(**query_side_settings(config))
+    query_side = query_side_encoder(config, make=encoders.get)
     doc_side = encoders.get(config.doc_encoder, revision=config.doc_encoder_revision, query_template=PLAIN_QUERY)
     adapter.check_doc_encoder(dim=doc_side.dim)
     metadata = config.training_metadata

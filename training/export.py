@@ -77,7 +77,8 @@ def _check_exportable(family: str) -> None:
     if family not in EXPORTABLE_FAMILIES:
         raise ValueError(
             f"adapter_type={family!r} cannot be exported with sentence-transformers' built-in modules "
-            f"(exportable: {', '.join(EXPORTABLE_FAMILIES)}): its non-linear residual has no built-in equivalent. "
+            f"(exportable: {', '.join(EXPORTABLE_FAMILIES)}): its map has no built-in equivalent (mlp: a non-linear "
+            "residual; fusion: two query encoders). "
             "Load it with AutoModel.from_pretrained(..., trust_remote_code=True) instead."
         )
 
