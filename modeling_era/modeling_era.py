@@ -280,7 +280,7 @@ class EraPreTrainedModel(PreTrainedModel):
         return push_adapter(self, repo_id, **kwargs)
 
     def _finish(self, vectors: torch.Tensor) -> torch.Tensor:
-        vectors = self.adapter(vectors)
+        vectors = self.adapter(vectors.to(self.dtype))  # pooled vectors are float32; the adapter may be bf16/fp16
         return F.normalize(vectors, dim=-1) if self.config.normalize_output else vectors
 
     def _adapter_input(self, query_embeddings: torch.Tensor, light_embeddings: torch.Tensor | None) -> torch.Tensor:

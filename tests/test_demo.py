@@ -17,4 +17,6 @@ def test_quick_demo_gives_sane_numbers(tmp_path):
     assert macro["era-align"]["ndcg@10"] > macro["query2doc"]["ndcg@10"] + 0.5
     assert macro["era-align"]["ndcg@10"] > macro["doc2doc"]["ndcg@10"] - 0.05
     assert macro["era-both"]["ndcg@10"] > macro["query2doc"]["ndcg@10"] + 0.5
+    assert macro["fusion-both"]["ndcg@10"] > macro["query2doc"]["ndcg@10"] + 0.5
+    assert macro["fusion-align"]["ndcg@10"] > macro["doc2doc"]["ndcg@10"] - 0.05
     assert (tmp_path / "demo" / "era-align" / "model.safetensors").is_file()

@@ -186,12 +186,12 @@ def test_fusion_align_is_the_linear_fit_plus_an_identity_light_branch(backbones,
     assert saved.training_metadata["recipe"]["fusion"] == {"branch": "linear", "gate": 0.25, "light_branch": "identity"}
     assert saved.training_metadata["alignment"]["metrics"] == linear.config.training_metadata["alignment"]["metrics"]
     # the training pipeline's query side: both encoders, side by side, each through its own cache
-    encoder = query_side_encoder(saved, cache_dir=tmp_path / "cache")
+    encoder = query_side_encoder(saved, cache_dir=tmp_path / "cache", device="cpu")  # float32 everywhere
     assert isinstance(encoder, FusedEncoder) and encoder.dim == STRONG_DIM + LIGHT_DIM
     texts = ["find python code", "search the index"]
     vectors = embed_texts(encoder, texts, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(vectors[:, :STRONG_DIM], embed_texts(encoder.strong, texts, cache_dir=tmp_path / "cache"))
-    np.testing.assert_array_equal(vectors[:, STRONG_DIM:], TextEncoder(str(light)).encode(texts))
+    np.testing.assert_array_equal(vectors[:, STRONG_DIM:], TextEncoder(str(light), device="cpu").encode(texts))
     # what evaluate scores equals what the saved query encoder gives from text
     model = AutoModel.from_pretrained(tmp_path / "fusion", trust_remote_code=True)
     torch.testing.assert_close(model.encode_queries(texts), fused(torch.from_numpy(vectors)), rtol=0, atol=1e-6)

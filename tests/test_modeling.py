@@ -243,3 +243,18 @@ def test_adapter_input_shape_is_checked(tiny_backbone):
     adapter = EraAdapter(EraConfig(query_encoder="q", doc_encoder="d", query_dim=32, doc_dim=16))
     with pytest.raises(ValueError, match=r"shape \(n, 32\).*got \(4, 31\)"):
         adapter(torch.randn(4, 31))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_load_encodes_close_to_float32(tiny_backbone, tmp_path, dtype):
+    """from_pretrained(..., dtype=bf16/fp16) puts backbone and adapter in that dtype; vectors stay float32."""
+    for family in FAMILIES:
+        model = make_encoder(tiny_backbone, family)
+        model.save_pretrained(tmp_path / family)
+        expected = model.encode_queries(QUERIES, instruction=INSTRUCTION)
+        half = EraQueryEncoder.from_pretrained(tmp_path / family, dtype=dtype)
+        assert half.dtype == dtype and next(half.backbone.parameters()).dtype == dtype
+        vectors = half.encode_queries(QUERIES, instruction=INSTRUCTION)
+        assert vectors.dtype == torch.float32
+        cosine = (vectors * expected).sum(1)
+        assert cosine.min() > 0.99, (family, cosine)

@@ -6,8 +6,9 @@ Default data: a Python code-search task built at run time from this interpreter'
 (query: a function's docstring summary; document: its code). Query encoder all-mpnet-base-v2, doc
 encoder all-MiniLM-L6-v2 (the PyPI-packaged copies when the Hub is out of reach). Steps: build the
 doc index, evaluate the zero-shot baselines, align (stage 1), adapt with a small label budget (stage
-2), evaluate every system on the same test queries, save the adapter, reload it with
-`AutoModel.from_pretrained(..., trust_remote_code=True)` and answer example queries from the index.
+2), the same two stages for the fusion adapter (Q and D query embeddings together), evaluate every
+system on the same test queries, save the adapters, reload the one with the better validation nDCG@10
+with `AutoModel.from_pretrained(..., trust_remote_code=True)` and answer example queries from the index.
 A second run reuses the embedding cache.
 """
 from __future__ import annotations
@@ -83,19 +84,29 @@ def run(data: str | None, quick: bool, cache_dir: str | None, output: Path) -> d
           num_texts=SIZES["quick" if quick else "full"], prompt_template=QUERY_PROMPT, cache_dir=cache_dir)
     step(f"stage 2: adapt with {LABEL_BUDGET:.0%} of the labels (train part of the seeded split)")
     adapted = output / "era-both"
-    adapt(source, output=adapted, label_budget=LABEL_BUDGET, mode="both", init=aligned, cache_dir=cache_dir)
-    systems = ["doc2doc", "query2query", "query2doc", str(aligned), str(adapted)]
+    era = adapt(source, output=adapted, label_budget=LABEL_BUDGET, mode="both", init=aligned, cache_dir=cache_dir)
+    step("fusion adapter: both stages again on [Q(q); D(q)], starting from the light encoder plus aligned Q")
+    fusion_aligned, fused = output / "fusion-align", output / "fusion-both"
+    align(source, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER, output=fusion_aligned, adapter="fusion",
+          num_texts=SIZES["quick" if quick else "full"], prompt_template=QUERY_PROMPT, cache_dir=cache_dir)
+    fusion = adapt(source, output=fused, label_budget=LABEL_BUDGET, mode="both", init=fusion_aligned,
+                   cache_dir=cache_dir)
+    systems = ["doc2doc", "query2query", "query2doc", str(aligned), str(adapted), str(fusion_aligned), str(fused)]
     step("evaluate every system on the same test queries")
     report = evaluate(source, systems, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER,
                       label_budget=LABEL_BUDGET, cache_dir=cache_dir, output=output / "evaluation")
     step("results (nDCG@10; doc2doc is what the index serves today)")
     print(markdown_table(report))
+    # Chosen on the validation queries (never the test ones), as a user would choose.
+    best = max((era, adapted), (fusion, fused), key=lambda pair: pair[0].config.training_metadata["recipe"]["best_validation"])[1]
     if isinstance(source, Path) and len(load_tasks(source)) == 1:
-        step(f"reload {adapted.name} with AutoModel.from_pretrained(..., trust_remote_code=True) and search")
-        answer_examples(adapted, source, cache_dir)
+        step(f"reload {best.name} (better validation nDCG@10) with AutoModel.from_pretrained(..., "
+             "trust_remote_code=True) and search")
+        answer_examples(best, source, cache_dir)
     step("artifacts")
     print(f"adapter (stage 1):   {aligned}")
     print(f"adapter (ERA, both): {adapted}")
+    print(f"adapter (fusion):    {fused} (stage 1: {fusion_aligned})")
     print(f"evaluation report:   {output / 'evaluation' / 'results.md'} (+ results.json, runs/, ndcg10.png)")
     print(f"embedding cache:     {cache_root(cache_dir)}")
     print(f"total time:          {time.perf_counter() - started:.0f}s")
