@@ -9,6 +9,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from modeling_era import EraConfig, EraQueryEncoder
 from tiny_models import make_tiny_bert, write_task
+from training.artifacts import save_query_encoder
 from training.evaluate import evaluate, main
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,36 @@ def test_adapter_system_matches_its_query_encoder(tmp_path, encoders):
     with pytest.raises(ValueError, match="index was built with some/other-encoder"):
         evaluate(tmp_path / "data", [str(tmp_path / "my-adapter")], doc_encoder="some/other-encoder",
                  cache_dir=tmp_path / "cache")
+
+
+def test_record_writes_test_metrics_into_the_adapter_config_and_card(tmp_path, encoders):
+    from huggingface_hub import ModelCard
+
+    query_encoder, doc_encoder = encoders
+    write_task(tmp_path / "data" / "tiny")
+    config = EraConfig(query_encoder=query_encoder, doc_encoder=doc_encoder, query_dim=32, doc_dim=16,
+                       prompt_template="{query}")
+    model = EraQueryEncoder.from_backbone(
+        config, AutoModel.from_pretrained(query_encoder), AutoTokenizer.from_pretrained(query_encoder)
+    )
+    save_query_encoder(model, tmp_path / "recorded")
+    before = EraConfig.from_pretrained(tmp_path / "recorded").to_dict()
+    assert "evaluation" not in before["training_metadata"]
+    with pytest.raises(ValueError, match="--all-queries scores training queries"):
+        run_evaluation(tmp_path, encoders, [str(tmp_path / "recorded")], record=True, all_queries=True)
+    report = run_evaluation(tmp_path, encoders, ["doc2doc", str(tmp_path / "recorded")], record=True, max_docs=30)
+    measured = report["results"]["recorded"]["tasks"]["tiny"]
+    after = EraConfig.from_pretrained(tmp_path / "recorded")
+    assert after.training_metadata["evaluation"] == {"tiny": {m: measured[m] for m in ("ndcg@10", "recall@100", "mrr@10", "map@100")}}
+    assert after.training_metadata["evaluation_settings"]["max_docs"] == 30
+    # everything else in config.json is unchanged
+    assert {k: v for k, v in after.to_dict().items() if k != "training_metadata"} == {
+        k: v for k, v in before.items() if k != "training_metadata"}
+    card = ModelCard.load(tmp_path / "recorded" / "README.md")
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("tiny", "ndcg_at_10")] == round(measured["ndcg@10"], 5)
+    assert f"{measured['ndcg@10']:.4f}" in card.text
+    assert not list((tmp_path / "recorded").glob(".*tmp"))  # no staging files left behind
 
 
 def test_identical_ids_are_ignored_when_the_task_asks(tmp_path, encoders):

@@ -7,6 +7,7 @@ next to its destination and renamed into place, so an interrupted save never rep
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -115,10 +116,50 @@ def save_query_encoder(adapter: EraAdapter, output: str | os.PathLike, *, repo_i
     model = EraQueryEncoder(adapter.config)
     model.adapter.load_state_dict(adapter.adapter.state_dict())
     model.save_pretrained(staging)
-    render_model_card(model.config, num_parameters=sum(p.numel() for p in adapter.parameters()),
-                      repo_id=repo_id or output.name).save(staging / "README.md")
+    write_model_card(staging, repo_id=repo_id or output.name)
     _replace_folder(staging, output)
     return output
+
+
+def count_adapter_parameters(weights: str | os.PathLike) -> int:
+    """Parameters stored besides a bundled backbone: the adapter (and a LoRA), as the card reports them."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():
+            if not key.startswith("backbone."):
+                total += math.prod(int(size) for size in handle.get_slice(key).get_shape())
+    return total
+
+
+def write_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> None:
+    """(Re-)render folder/README.md from the folder's config.json and weights; `repo_id` names it in the usage
+    snippet (default: the folder's name). Written to a temporary file, then renamed into place."""
+    folder = Path(folder)
+    config = EraConfig.from_pretrained(folder)
+    card = render_model_card(config, num_parameters=count_adapter_parameters(folder / "model.safetensors"),
+                             repo_id=repo_id or folder.name)
+    _atomic_write_text(folder / "README.md", str(card))
+
+
+def record_evaluation(folder: str | os.PathLike, evaluation: dict[str, dict[str, float]],
+                      settings: dict[str, Any]) -> None:
+    """Store test metrics ({task: {metric: value}}) and how they were measured in an adapter folder's
+    config.json (`training_metadata["evaluation"]`, `["evaluation_settings"]`) and re-render its card, so
+    the Hub shows them (model-index). Both files are replaced atomically."""
+    folder = Path(folder)
+    config = EraConfig.from_pretrained(folder)
+    config.training_metadata["evaluation"] = evaluation
+    config.training_metadata["evaluation_settings"] = settings
+    _atomic_write_text(folder / "config.json", config.to_json_string())
+    write_model_card(folder)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
 
 
 def _replace_folder(staging: Path, output: Path) -> None:

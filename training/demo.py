@@ -94,7 +94,7 @@ def run(data: str | None, quick: bool, cache_dir: str | None, output: Path) -> d
     systems = ["doc2doc", "query2query", "query2doc", str(aligned), str(adapted), str(fusion_aligned), str(fused)]
     step("evaluate every system on the same test queries")
     report = evaluate(source, systems, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER,
-                      label_budget=LABEL_BUDGET, cache_dir=cache_dir, output=output / "evaluation")
+                      label_budget=LABEL_BUDGET, cache_dir=cache_dir, output=output / "evaluation", record=True)
     step("results (nDCG@10; doc2doc is what the index serves today)")
     print(markdown_table(report))
     # Chosen on the validation queries (never the test ones), as a user would choose.

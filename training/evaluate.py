@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from modeling_era import EraAdapter, EraConfig
-from training.artifacts import query_side_encoder
+from training.artifacts import CARD_METRICS, query_side_encoder, record_evaluation
 from training.cache import embed_documents, embed_queries
 from training.data import Task, TaskSplit, cap_corpus, load_tasks, make_split
 from training.encoders import TextEncoder
@@ -215,15 +215,21 @@ def evaluate(
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
+    record: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every system on every task's test queries; write the report to `output` if given.
 
     `ignore_identical_ids`: None keeps each task's default (on for ArguAna-like tasks); True/False
     forces it for every task. `all_queries` scores every labeled query instead of the test part (for
     zero-shot comparisons with published numbers; never for adapters trained on this data).
+    `record`: write each local adapter's test metrics into its config.json and model card
+    (`training.artifacts.record_evaluation`), so the card's table and the Hub's model-index show them.
     """
     if not systems:
         raise ValueError("name at least one --system (doc2doc, query2query, query2doc or an adapter path).")
+    if record and all_queries:
+        raise ValueError("--record stores test metrics in adapter cards; --all-queries scores training queries too. "
+                         "Drop one of them.")
     encoders = Encoders(cache_dir, batch_size)
     built = [build_system(spec, encoders, query_encoder, doc_encoder) for spec in systems]
     names = [system.name for system in built]
@@ -244,7 +250,21 @@ def evaluate(
                      max_queries=max_queries, k=k, ann=ann, all_queries=all_queries)
     if output is not None:
         write_outputs(Path(output), report, built, runs, raw)
+    if record:
+        record_in_adapters(report)
     return report
+
+
+def record_in_adapters(report: dict[str, Any]) -> None:
+    """Store each local adapter folder's per-task test metrics and the evaluation settings in the folder."""
+    settings = {key: value for key, value in report["settings"].items() if key != "all_queries"}
+    for result in report["results"].values():
+        path = result["system"].get("path")
+        if result["system"]["kind"] != "adapter" or not Path(path).is_dir():
+            continue  # a Hub id: nothing local to write
+        evaluation = {task: {metric: entry[metric] for metric in CARD_METRICS if metric in entry}
+                      for task, entry in result["tasks"].items()}
+        record_evaluation(path, evaluation, settings)
 
 
 def _mean(values: dict[str, np.ndarray]) -> dict[str, float]:
@@ -450,6 +470,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache-dir", help="ERA cache (default: $ERA_CACHE_DIR or ~/.cache/era)")
     parser.add_argument("--output", required=True, help="folder for results.json, results.md, runs/ and the plot")
+    parser.add_argument("--record", action="store_true",
+                        help="write each adapter folder's test metrics into its config.json and model card")
     return parser.parse_args(argv)
 
 
@@ -473,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         output=args.output,
+        record=args.record,
     )
     print(markdown_table(report))
     print(f"results: {Path(args.output) / 'results.json'}")

@@ -138,39 +138,6 @@ def files_to_upload(folder: str | os.PathLike) -> list[str]:
     return list(filter_repo_objects(paths, ignore_patterns=IGNORE_PATTERNS))
 
 
-def _count_adapter_parameters(weights: Path) -> int:
-    """Parameters stored besides a bundled backbone: the adapter (and a LoRA), as the card reports them."""
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():
-            if not key.startswith("backbone."):
-                count = 1
-                for size in handle.get_slice(key).get_shape():
-                    count *= int(size)
-                total += count
-    return total
-
-
-def _render_card_into(folder: Path, repo_id: str) -> None:
-    """Re-render folder/README.md for `repo_id` from folder/config.json."""
-    from modeling_era import EraConfig
-    from training.artifacts import render_model_card
-
-    config = EraConfig.from_pretrained(folder)
-    count = _count_adapter_parameters(folder / "model.safetensors")
-    render_model_card(config, num_parameters=count, repo_id=repo_id).save(folder / "README.md")
-
-
-def _save_model(model: Any, folder: Path, repo_id: str) -> None:
-    from training.artifacts import render_model_card
-
-    model.save_pretrained(folder)
-    count = sum(p.numel() for p in model.adapter.parameters())  # the adapter alone, never a backbone
-    render_model_card(model.config, num_parameters=count, repo_id=repo_id).save(folder / "README.md")
-
-
 def push_adapter(
     source: str | os.PathLike | Any,
     repo_id: str,
@@ -188,6 +155,8 @@ def push_adapter(
     visibility). `revision`: a branch, created if missing. `token`: None reads HF_TOKEN or the cached
     login. `update_card`: re-render README.md for `repo_id` first (in a temporary copy).
     """
+    from training.artifacts import write_model_card
+
     api = api or HfApi()
     with tempfile.TemporaryDirectory(prefix="era-push-") as tmp:
         if isinstance(source, (str, os.PathLike)):
@@ -196,11 +165,12 @@ def push_adapter(
             if update_card:
                 staged = Path(tmp) / "adapter"
                 shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__"))
-                _render_card_into(staged, repo_id)
+                write_model_card(staged, repo_id)
                 folder = staged
         else:  # an EraQueryEncoder / EraAdapter: save it with its card, like the training stages do
             folder = Path(tmp) / "adapter"
-            _save_model(source, folder, repo_id)
+            source.save_pretrained(folder)
+            write_model_card(folder, repo_id)
         validate_adapter_folder(folder)
         url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, token=token, exist_ok=True)
         repo_id = getattr(url, "repo_id", None) or repo_id
