@@ -212,6 +212,8 @@ def test_both_improves_validation_over_the_aligned_start(setup, tmp_path):
     assert validation_score(setup, tmp_path / "both") == pytest.approx(recipe(adapter)["best_validation"], abs=1e-6)
     metadata = EraConfig.from_pretrained(tmp_path / "both").training_metadata
     assert metadata["mode"] == "both" and metadata["label_budget"] == 0.4 and metadata["tasks"] == ["syn"]
+    assert metadata["prompt"] == {"template": "{query}",  # stage 1's default for an encoder without prompts
+                                  "chosen_by": "default: the encoder declares no prompts (not instruction-tuned)"}
     assert "InfoNCE" in metadata["recipe"]["summary"] and metadata["alignment"]
     assert metadata["seeds"] == {"split": 0, "train": 0, "alignment_sample": 0}
     split = make_split(load_tasks(setup / "data")[0], seed=0)

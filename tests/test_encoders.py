@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from tiny_models import make_tiny_bert
 from training import models
-from training.encoders import TextEncoder, read_sentence_transformers_config
+from training.encoders import TextEncoder, choose_prompt_template, read_sentence_transformers_config
 from training.models import (
     MINILM_ID,
     MPNET_ID,
@@ -180,6 +181,20 @@ def test_prompts(tiny, tmp_path):
     assert prompted.identity == encoder.identity  # prompts are not part of the identity: the text is
     with pytest.raises(ValueError, match="query"):
         TextEncoder(tiny, query_template="{instruction}", cache_dir=tmp_path)
+
+
+def test_default_prompt_follows_whether_the_encoder_was_trained_with_prompts(tiny, tmp_path):
+    plain = TextEncoder(tiny, cache_dir=tmp_path)  # no config_sentence_transformers.json prompts (like mpnet)
+    assert plain.prompts == {}
+    assert choose_prompt_template(plain, None) == {
+        "template": "{query}", "chosen_by": "default: the encoder declares no prompts (not instruction-tuned)"}
+    assert choose_prompt_template(plain, "{instruction}: {query}")["template"] == "{instruction}: {query}"
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny, tuned)
+    (tuned / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: "}}))
+    encoder = TextEncoder(tuned, cache_dir=tmp_path)
+    assert encoder.prompts == {"query": "query: "}
+    assert choose_prompt_template(encoder, None)["template"] == "{instruction} {query}"
 
 
 def test_identity_covers_what_changes_vectors(tiny, tmp_path):

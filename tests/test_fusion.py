@@ -183,6 +183,7 @@ def test_fusion_align_is_the_linear_fit_plus_an_identity_light_branch(backbones,
     assert torch.equal(module.light.weight, torch.eye(LIGHT_DIM)) and module.gate.item() == 0.25
     saved = EraConfig.from_pretrained(tmp_path / "fusion")
     assert saved.adapter_type == "fusion" and saved.fusion_encoder == saved.doc_encoder and saved.fusion_dim == LIGHT_DIM
+    assert saved.training_metadata["prompt"] == {"template": "{query}", "chosen_by": "given"}
     assert saved.training_metadata["recipe"]["fusion"] == {"branch": "linear", "gate": 0.25, "light_branch": "identity"}
     assert saved.training_metadata["alignment"]["metrics"] == linear.config.training_metadata["alignment"]["metrics"]
     # the training pipeline's query side: both encoders, side by side, each through its own cache

@@ -92,7 +92,7 @@ from modeling_era.configuration_era import ADAPTER_TYPES  # noqa: E402
 from training.artifacts import adapter_input_dim, era_config, query_side_encoder, save_query_encoder  # noqa: E402
 from training.cache import embed_documents, embed_texts  # noqa: E402
 from training.data import DEFAULT_BUDGETS, Task, TaskSplit, cap_corpus, load_tasks, make_split  # noqa: E402
-from training.encoders import TextEncoder  # noqa: E402
+from training.encoders import TextEncoder, choose_prompt_template  # noqa: E402
 from training.loop import CHECKPOINT_NAME, LoopConfig, LoopResult, local_rows, seeded_batches, train  # noqa: E402
 from training.metrics import per_query_metrics_ranked  # noqa: E402
 from training.search import exact_search  # noqa: E402
@@ -720,7 +720,7 @@ def _run_record(settings: AdaptSettings, data: AdaptData, model: nn.Module) -> d
 
 def _starting_adapter(
     mode: str, init: str | os.PathLike | None, query_encoder: str | None, doc_encoder: str | None, *,
-    adapter: str, adapter_rank: int, adapter_hidden_dim: int, prompt_template: str, default_instruction: str,
+    adapter: str, adapter_rank: int, adapter_hidden_dim: int, prompt_template: str | None, default_instruction: str,
     seed: int, cache_dir: str | os.PathLike | None, embed_batch_size: int,
 ) -> tuple[EraAdapter, TextEncoder, TextEncoder, dict[str, Any]]:
     if mode not in MODES:
@@ -737,21 +737,25 @@ def _starting_adapter(
         d_encoder = TextEncoder(config.doc_encoder, revision=config.doc_encoder_revision, cache_dir=cache_dir,
                                 batch_size=embed_batch_size)
         start = {"init": str(init), "init_mode": config.training_metadata.get("mode"),
-                 "init_recipe": config.training_metadata.get("recipe", {}).get("summary")}
+                 "init_recipe": config.training_metadata.get("recipe", {}).get("summary"),
+                 "prompt": config.training_metadata.get("prompt", {"template": config.prompt_template,
+                                                                   "chosen_by": f"stage 1 ({init})"})}
     else:
         if init is not None:
             raise ValueError("--mode adapt starts from a neutral adapter; --init belongs to --mode both.")
         if query_encoder is None or doc_encoder is None:
             raise ValueError("--mode adapt needs --query-encoder and --doc-encoder.")
-        q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size,
-                                query_template=prompt_template)
+        q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
+        prompt = choose_prompt_template(q_encoder, prompt_template)
+        q_encoder.query_template = prompt_template = prompt["template"]
         d_encoder = TextEncoder(doc_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
         config = era_config(q_encoder, d_encoder, adapter_type=adapter, prompt_template=prompt_template,
                             default_instruction=default_instruction, adapter_rank=adapter_rank,
                             adapter_hidden_dim=adapter_hidden_dim)  # fusion: gate 0, i.e. starts as D(q)
         torch.manual_seed(seed)  # the seeded random init when the dims differ
         model = EraAdapter(config)
-        start = {"init": "identity" if config.query_dim == config.doc_dim else f"random (torch seed {seed})"}
+        start = {"init": "identity" if config.query_dim == config.doc_dim else f"random (torch seed {seed})",
+                 "prompt": prompt}
         if adapter == "fusion":
             q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
             start["init"] = f"fusion: light branch identity, gate 0, Q branch random (torch seed {seed})"
@@ -798,7 +802,7 @@ def adapt(
     adapter: str = "linear",
     adapter_rank: int = 64,
     adapter_hidden_dim: int = 1024,
-    prompt_template: str = "{instruction} {query}",
+    prompt_template: str | None = None,
     default_instruction: str = "",
     split_seed: int = 0,
     max_docs: int | None = None,
@@ -860,6 +864,7 @@ def adapt(
     config = model.config
     metadata: dict[str, Any] = {
         "mode": mode,
+        "prompt": start.pop("prompt"),
         "label_budget": label_budget,
         "tasks": [view.name for view in adapt_data.tasks],
         "seeds": {"split": split_seed, "train": settings.seed, "alignment_sample": align_seed},
@@ -947,7 +952,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapter", choices=ADAPTER_TYPES, default="linear", help="family (--mode adapt)")
     parser.add_argument("--adapter-rank", type=int, default=64)
     parser.add_argument("--adapter-hidden-dim", type=int, default=1024)
-    parser.add_argument("--prompt-template", default="{instruction} {query}", help="query prompt (--mode adapt)")
+    parser.add_argument("--prompt-template",
+                        help="query prompt (--mode adapt; default as training/align.py: by the encoder's kind)")
     parser.add_argument("--default-instruction", default="")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the split and the corpus cap (as evaluate)")
     parser.add_argument("--max-docs", type=int, help="cap each corpus exactly as training/evaluate.py does")

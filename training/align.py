@@ -34,7 +34,7 @@ from modeling_era.configuration_era import ADAPTER_TYPES, FUSION_BRANCHES
 from training.artifacts import era_config, save_query_encoder
 from training.cache import embed_texts
 from training.data import Task, cap_corpus, load_tasks, make_split
-from training.encoders import TextEncoder
+from training.encoders import TextEncoder, choose_prompt_template
 from training.loop import LoopConfig, local_rows, seeded_batches, train
 from training.search import exact_search
 
@@ -278,7 +278,7 @@ def align(
     patience: int = 5,
     adapter_rank: int = 64,
     adapter_hidden_dim: int = 1024,
-    prompt_template: str = "{instruction} {query}",
+    prompt_template: str | None = None,
     default_instruction: str = "",
     fusion_branch: str = "linear",
     fusion_gate: float = FUSION_GATE,
@@ -298,8 +298,9 @@ def align(
         raise ValueError("--refine-epochs does not apply to fusion: its stage 1 is the closed-form fit of the Q branch.")
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(seed)
-    q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size,
-                            query_template=prompt_template)
+    q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
+    prompt = choose_prompt_template(q_encoder, prompt_template)
+    q_encoder.query_template = prompt_template = prompt["template"]
     d_encoder = TextEncoder(doc_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
     loaded = [cap_corpus(task, max_docs, seed) for task in load_tasks(data, tasks)]
     texts = sample_texts(loaded, num_texts, seed, q_encoder, with_queries)
@@ -356,6 +357,7 @@ def align(
             "metrics": quality,
         },
         "recipe": metadata_recipe,
+        "prompt": prompt,
     }
     if accelerator.is_main_process:
         save_query_encoder(model, output)
@@ -403,7 +405,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--adapter-rank", type=int, default=64)
     parser.add_argument("--adapter-hidden-dim", type=int, default=1024)
-    parser.add_argument("--prompt-template", default="{instruction} {query}")
+    parser.add_argument("--prompt-template",
+                        help="query prompt; default: '{instruction} {query}' for encoders trained with prompts, "
+                             "else '{query}' (training.encoders.choose_prompt_template)")
     parser.add_argument("--default-instruction", default="")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-docs", type=int, help="cap each corpus as the evaluation does")

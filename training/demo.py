@@ -35,7 +35,6 @@ QUERY_ENCODER = "sentence-transformers/all-mpnet-base-v2"
 DOC_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SIZES = {"full": 1000, "quick": 300}
 LABEL_BUDGET = 0.2
-QUERY_PROMPT = "{query}"  # all-mpnet-base-v2 is not instruction-tuned: the bare query does better
 
 
 def step(message: str) -> None:
@@ -81,14 +80,14 @@ def run(data: str | None, quick: bool, cache_dir: str | None, output: Path) -> d
     step(f"stage 1: align {QUERY_ENCODER} to {DOC_ENCODER} on unlabeled corpus text")
     aligned = output / "era-align"
     align(source, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER, output=aligned,
-          num_texts=SIZES["quick" if quick else "full"], prompt_template=QUERY_PROMPT, cache_dir=cache_dir)
+          num_texts=SIZES["quick" if quick else "full"], cache_dir=cache_dir)
     step(f"stage 2: adapt with {LABEL_BUDGET:.0%} of the labels (train part of the seeded split)")
     adapted = output / "era-both"
     era = adapt(source, output=adapted, label_budget=LABEL_BUDGET, mode="both", init=aligned, cache_dir=cache_dir)
     step("fusion adapter: both stages again on [Q(q); D(q)], starting from the light encoder plus aligned Q")
     fusion_aligned, fused = output / "fusion-align", output / "fusion-both"
     align(source, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER, output=fusion_aligned, adapter="fusion",
-          num_texts=SIZES["quick" if quick else "full"], prompt_template=QUERY_PROMPT, cache_dir=cache_dir)
+          num_texts=SIZES["quick" if quick else "full"], cache_dir=cache_dir)
     fusion = adapt(source, output=fused, label_budget=LABEL_BUDGET, mode="both", init=fusion_aligned,
                    cache_dir=cache_dir)
     systems = ["doc2doc", "query2query", "query2doc", str(aligned), str(adapted), str(fusion_aligned), str(fused)]

@@ -31,6 +31,8 @@ from .models import ResolvedModel, resolve_model, weights_fingerprint
 
 __all__ = [
     "DEFAULT_QUERY_TEMPLATE",
+    "BARE_QUERY_TEMPLATE",
+    "choose_prompt_template",
     "POOLING_MODES",
     "TextEncoder",
     "read_sentence_transformers_config",
@@ -39,6 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUERY_TEMPLATE = "{instruction} {query}"
+BARE_QUERY_TEMPLATE = "{query}"  # how MTEB scores models without prompts; the baselines' query prompt
 POOLING_MODES = ("mean", "cls", "last_token")
 # Bumped when the embedding recipe changes in a way that changes vectors (invalidates caches).
 RECIPE_VERSION = 1
@@ -66,7 +69,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def read_sentence_transformers_config(folder: str | os.PathLike) -> dict[str, Any]:
     """What a checkpoint's sentence-transformers files say; ``None`` where they say nothing.
 
-    Returns ``{"pooling", "normalize", "max_length", "do_lower_case", "include_prompt", "unsupported"}``:
+    Returns ``{"pooling", "normalize", "max_length", "do_lower_case", "include_prompt", "prompts",
+    "unsupported"}``: `prompts` are the checkpoint's own named prompts (empty for models trained without),
     `pooling` is one of `POOLING_MODES` or the unsupported ST mode's name, `normalize` is True/False
     when ``modules.json`` exists (a ``Normalize`` module or not), `unsupported` lists modules other
     than Transformer / Pooling / Normalize (e.g. Dense), which this encoder cannot reproduce.
@@ -80,6 +84,8 @@ def read_sentence_transformers_config(folder: str | os.PathLike) -> dict[str, An
         "include_prompt": True,
         "unsupported": [],
     }
+    st_config = _read_json(folder / "config_sentence_transformers.json") or {}
+    found["prompts"] = dict(st_config.get("prompts") or {})
     bert_config = _read_json(folder / "sentence_bert_config.json") or {}
     if bert_config.get("max_seq_length"):
         found["max_length"] = int(bert_config["max_seq_length"])
@@ -117,6 +123,21 @@ def _tokenizer_max_length(folder: Path, config: Any) -> int:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-")[-80:] or "model"
+
+
+def choose_prompt_template(encoder: TextEncoder, template: str | None) -> dict[str, str]:
+    """The query prompt to use with `encoder` and why (stages record both in the adapter's metadata).
+
+    Given none: the instruction only for instruction-tuned models. A checkpoint whose sentence-
+    transformers config declares prompts was trained with them; one without (all-mpnet-base-v2,
+    all-MiniLM-L6-v2) was not, and a long instruction swamps a short query there: measured with
+    Q = all-mpnet-base-v2 (README, Results), the bare query is the better prompt.
+    """
+    if template is not None:
+        return {"template": template, "chosen_by": "given"}
+    if encoder.prompts:
+        return {"template": DEFAULT_QUERY_TEMPLATE, "chosen_by": "default: the encoder declares prompts"}
+    return {"template": BARE_QUERY_TEMPLATE, "chosen_by": "default: the encoder declares no prompts (not instruction-tuned)"}
 
 
 class TextEncoder:
@@ -181,6 +202,7 @@ class TextEncoder:
         self._config = None
         self.max_length = int(max_length or st["max_length"] or _tokenizer_max_length(path, self.config))
         self.do_lower_case = st["do_lower_case"]
+        self.prompts = st["prompts"]
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)

@@ -32,14 +32,13 @@ from modeling_era import EraAdapter, EraConfig
 from training.artifacts import CARD_METRICS, query_side_encoder, record_evaluation
 from training.cache import embed_documents, embed_queries
 from training.data import Task, TaskSplit, cap_corpus, load_tasks, make_split
-from training.encoders import TextEncoder
+from training.encoders import BARE_QUERY_TEMPLATE, TextEncoder
 from training.metrics import METRIC_NAMES, paired_test, per_query_metrics_ranked
 from training.search import ann_search, build_ann_index, exact_search, recall_against_exact
 
 logger = logging.getLogger("era.evaluate")
 BASELINES = ("doc2doc", "query2query", "query2doc")
 REFERENCE_SYSTEM = "doc2doc"
-PLAIN_QUERY = "{query}"  # baselines see the bare query, as MTEB scores these models
 
 
 @dataclass
@@ -93,8 +92,8 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         doc_model = {"doc2doc": doc_encoder, "query2query": query_encoder, "query2doc": doc_encoder}[spec]
         if query_model is None or doc_model is None:
             raise ValueError(f"system {spec} needs --query-encoder and --doc-encoder.")
-        query_side = encoders.get(query_model, query_template=PLAIN_QUERY)
-        doc_side = encoders.get(doc_model, query_template=PLAIN_QUERY)
+        query_side = encoders.get(query_model, query_template=BARE_QUERY_TEMPLATE)
+        doc_side = encoders.get(doc_model, query_template=BARE_QUERY_TEMPLATE)
         info = {"kind": "baseline", "query_encoder": query_side.model_id, "doc_encoder": doc_side.model_id}
         return System(spec, query_side, doc_side, info=info)
     config = EraConfig.from_pretrained(spec)
@@ -102,7 +101,7 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
     if doc_encoder is not None:
         adapter.check_doc_encoder(doc_encoder)
     query_side = query_side_encoder(config, make=encoders.get)
-    doc_side = encoders.get(config.doc_encoder, revision=config.doc_encoder_revision, query_template=PLAIN_QUERY)
+    doc_side = encoders.get(config.doc_encoder, revision=config.doc_encoder_revision, query_template=BARE_QUERY_TEMPLATE)
     adapter.check_doc_encoder(dim=doc_side.dim)
     metadata = config.training_metadata
     info = {
