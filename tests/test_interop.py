@@ -124,6 +124,10 @@ def test_export_refusals(encoders, tmp_path):
     mlp = save_adapter(encoders, tmp_path / "mlp", "mlp")
     with pytest.raises(ValueError, match="adapter_type='mlp' cannot be exported.*linear, low_rank"):
         export_sentence_transformer(mlp, tmp_path / "out")
+    fusion = save_adapter(encoders, tmp_path / "fusion", "fusion", fusion_encoder=str(encoders.doc),
+                          fusion_dim=TextEncoder(encoders.doc).dim)
+    with pytest.raises(ValueError, match="adapter_type='fusion' cannot be exported.*two query encoders"):
+        export_sentence_transformer(fusion, tmp_path / "out")
     suffix = save_adapter(encoders, tmp_path / "suffix", prompt_template="{query} (task: {instruction})")
     with pytest.raises(ValueError, match="puts text after the query"):
         export_sentence_transformer(suffix, tmp_path / "out")
