@@ -24,6 +24,16 @@ def run_evaluation(tmp_path, encoders, systems, **kwargs):
                     cache_dir=tmp_path / "cache", **kwargs)
 
 
+def tiny_adapter(encoders) -> EraQueryEncoder:
+    """A linear adapter from the tiny query encoder (32-d) into the tiny doc encoder's space (16-d)."""
+    query_encoder, doc_encoder = encoders
+    config = EraConfig(query_encoder=query_encoder, doc_encoder=doc_encoder, query_dim=32, doc_dim=16,
+                       prompt_template="{query}")
+    return EraQueryEncoder.from_backbone(
+        config, AutoModel.from_pretrained(query_encoder), AutoTokenizer.from_pretrained(query_encoder)
+    )
+
+
 def test_end_to_end_report_and_outputs(tmp_path, encoders):
     write_task(tmp_path / "data" / "tiny")
     out = tmp_path / "out"
@@ -63,14 +73,8 @@ def test_results_are_deterministic_and_cached(tmp_path, encoders):
 
 def test_adapter_system_matches_its_query_encoder(tmp_path, encoders):
     """An adapter evaluated through the cache scores what EraQueryEncoder.encode_queries produces."""
-    query_encoder, doc_encoder = encoders
     write_task(tmp_path / "data" / "tiny")
-    config = EraConfig(query_encoder=query_encoder, doc_encoder=doc_encoder, query_dim=32, doc_dim=16,
-                       prompt_template="{query}")
-    model = EraQueryEncoder.from_backbone(
-        config, AutoModel.from_pretrained(query_encoder), AutoTokenizer.from_pretrained(query_encoder)
-    )
-    model.save_pretrained(tmp_path / "my-adapter")
+    tiny_adapter(encoders).save_pretrained(tmp_path / "my-adapter")
     report = run_evaluation(tmp_path, encoders, ["doc2doc", str(tmp_path / "my-adapter")])
     adapter_result = report["results"]["my-adapter"]
     assert adapter_result["system"]["kind"] == "adapter"
@@ -84,14 +88,8 @@ def test_adapter_system_matches_its_query_encoder(tmp_path, encoders):
 def test_record_writes_test_metrics_into_the_adapter_config_and_card(tmp_path, encoders):
     from huggingface_hub import ModelCard
 
-    query_encoder, doc_encoder = encoders
     write_task(tmp_path / "data" / "tiny")
-    config = EraConfig(query_encoder=query_encoder, doc_encoder=doc_encoder, query_dim=32, doc_dim=16,
-                       prompt_template="{query}")
-    model = EraQueryEncoder.from_backbone(
-        config, AutoModel.from_pretrained(query_encoder), AutoTokenizer.from_pretrained(query_encoder)
-    )
-    save_query_encoder(model, tmp_path / "recorded")
+    save_query_encoder(tiny_adapter(encoders), tmp_path / "recorded")
     before = EraConfig.from_pretrained(tmp_path / "recorded").to_dict()
     assert "evaluation" not in before["training_metadata"]
     with pytest.raises(ValueError, match="--all-queries scores training queries"):

@@ -69,26 +69,16 @@ def era_config(
     )
 
 
-def query_side_settings(config: EraConfig) -> dict[str, Any]:
-    """TextEncoder arguments that embed queries exactly as an adapter with this config expects them."""
+def query_side_settings(config: EraConfig, light: bool = False) -> dict[str, Any]:
+    """TextEncoder arguments that embed queries exactly as an adapter with this config expects them
+    (`light`: a fusion adapter's light query encoder, which sees the same prompt)."""
+    prefix = "fusion_" if light else ""
     return {
-        "model": config.query_encoder,
-        "revision": config.query_encoder_revision,
-        "pooling": config.pooling,
+        "model": config.fusion_encoder if light else config.query_encoder,
+        "revision": config.fusion_encoder_revision if light else config.query_encoder_revision,
+        "pooling": getattr(config, prefix + "pooling"),
         "normalize": config.normalize_input,
-        "max_length": config.max_seq_length,
-        "query_template": config.prompt_template,
-    }
-
-
-def light_side_settings(config: EraConfig) -> dict[str, Any]:
-    """TextEncoder arguments of a fusion adapter's light query encoder (same prompt as the strong one)."""
-    return {
-        "model": config.fusion_encoder,
-        "revision": config.fusion_encoder_revision,
-        "pooling": config.fusion_pooling,
-        "normalize": config.normalize_input,
-        "max_length": config.fusion_max_seq_length,
+        "max_length": getattr(config, prefix + "max_seq_length"),
         "query_template": config.prompt_template,
     }
 
@@ -100,7 +90,7 @@ def query_side_encoder(config: EraConfig, make: Callable[..., TextEncoder] = Tex
     strong = make(**query_side_settings(config), **kwargs)
     if config.adapter_type != "fusion":
         return strong
-    return FusedEncoder(strong, make(**light_side_settings(config), **kwargs))
+    return FusedEncoder(strong, make(**query_side_settings(config, light=True), **kwargs))
 
 
 def adapter_input_dim(config: EraConfig) -> int:
