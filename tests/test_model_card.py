@@ -109,6 +109,18 @@ def test_card_without_evaluation_instruction_slot_or_pinned_revisions():
         ast.parse(block)
 
 
+def test_fusion_card_names_the_light_encoder_and_a_capped_evaluation():
+    metadata = {**METADATA, "evaluation_settings": {"max_docs": 500, "max_queries": 100}}
+    config = make_config(adapter_type="fusion", fusion_encoder=DOC_ID, fusion_encoder_revision=DOC_REV,
+                         fusion_dim=384, training_metadata=metadata)
+    card = render_model_card(config, num_parameters=10, repo_id=REPO_ID)
+    assert f"| light query encoder (fusion) | `{DOC_ID}` (revision `{DOC_REV}`), 384-d, mean pooling |" in card.text
+    assert "This is a **fusion** adapter" in card.text
+    assert "a capped corpus (max_docs = 500: every judged document plus seeded random others), at most 100" in card.text
+    plain = render_model_card(make_config(), num_parameters=10, repo_id=REPO_ID)
+    assert "fusion" not in plain.text and "over the whole corpus" in plain.text
+
+
 def test_card_leaves_local_paths_out_of_base_model(tmp_path):
     card = render_model_card(make_config(query_encoder=str(tmp_path)), num_parameters=1, repo_id=REPO_ID)
     assert "base_model" not in front_matter(card.content)  # the Hub refuses a path there

@@ -198,10 +198,24 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
         evaluated=bool(evaluation),
         query_encoder_revision=config.query_encoder_revision or "not pinned",
         doc_encoder_revision=config.doc_encoder_revision or "not pinned",
+        fusion_encoder=config.fusion_encoder if config.adapter_type == "fusion" else None,
+        fusion_encoder_revision=config.fusion_encoder_revision or "not pinned",
+        fusion_dim=config.fusion_dim,
+        fusion_pooling=config.fusion_pooling,
+        evaluation_scope=_evaluation_scope(metadata.get("evaluation_settings", {})),
         **{key: getattr(config, key) for key in (
             "query_encoder", "doc_encoder", "query_dim", "doc_dim", "adapter_type", "pooling", "similarity",
             "normalize_output", "prompt_template", "default_instruction")},
     )
+
+
+def _evaluation_scope(settings: dict[str, Any]) -> str:
+    scope = "the whole corpus"
+    if settings.get("max_docs"):
+        scope = f"a capped corpus (max_docs = {settings['max_docs']}: every judged document plus seeded random others)"
+    if settings.get("max_queries"):
+        scope += f", at most {settings['max_queries']} sampled test queries per task"
+    return scope
 
 
 def _hub_id(name: str | None) -> str | None:
