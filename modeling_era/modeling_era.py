@@ -535,18 +535,22 @@ class EraQueryEncoder(EraPreTrainedModel):
         return self._finish(self._adapter_input(strong, light))
 
     def encode_queries(
-        self, queries: Sequence[str], instruction: str | None = None, batch_size: int = 32
+        self, queries: Sequence[str], instruction: str | Sequence[str] | None = None, batch_size: int = 32
     ) -> torch.Tensor:
         """Embed queries for search against the doc encoder's index: `(n, doc_dim)` float32 on CPU.
 
-        `instruction` fills the prompt template's `{instruction}` slot (default: the config's).
+        `instruction` fills the prompt template's `{instruction}` slot: one for all queries, or one per
+        query (a list as long as `queries`); default: the config's.
         """
         if self.backbone is None or self.tokenizer is None:
             raise RuntimeError("no query backbone attached; load with from_pretrained or use from_backbone.")
         _check_texts(queries, "queries")
         config = self.config
-        instruction = config.default_instruction if instruction is None else instruction
-        prompts = [format_prompt(config.prompt_template, query, instruction) for query in queries]
+        if instruction is None or isinstance(instruction, str):
+            instruction = [config.default_instruction if instruction is None else instruction] * len(queries)
+        if len(instruction) != len(queries):
+            raise ValueError(f"{len(instruction)} instructions for {len(queries)} queries; give one, or one per query.")
+        prompts = [format_prompt(config.prompt_template, query, inst) for query, inst in zip(queries, instruction)]
         strong = {"pooling": config.pooling, "max_length": config.max_seq_length, "batch_size": batch_size,
                   "normalize": config.normalize_input}
         if config.adapter_type != "fusion":

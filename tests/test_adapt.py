@@ -17,6 +17,7 @@ from transformers import AutoModel
 
 from modeling_era import EraAdapter, EraConfig
 from tiny_models import WORDS, make_tiny_bert
+from training.evaluate import evaluate
 from training.adapt import (
     adapt,
     checkpoint_folder,
@@ -362,3 +363,12 @@ def test_lora_is_saved_with_the_adapter_and_reloads_through_automodel(setup, tmp
     assert task_ndcg(view, docs, adapted) == pytest.approx(recipe(adapter)["best_validation"], abs=1e-6)
     with pytest.raises(ValueError, match="LoRA"):  # cached plain-Q vectors do not fit a LoRA adapter
         EraAdapter.from_pretrained(folder)
+    # The evaluation harness scores it through the LoRA backbone: its numbers are those of encode_queries.
+    report = evaluate(setup / "data", [str(folder)], cache_dir=setup / "cache")
+    result = report["results"]["lora"]
+    assert result["system"]["lora"]["r"] == 4
+    test = [by_id[qid] for qid in report["tasks"]["syn"]["test_qids"]]
+    expected = model.encode_queries([q.query for q in test], instruction=[q.instruction for q in test]).numpy()
+    view = TaskView("syn", task.doc_ids, 0, False, None, [q.qid for q in test], {q.qid: q.labels for q in test},
+                    expected, [])
+    assert result["tasks"]["syn"]["ndcg@10"] == pytest.approx(task_ndcg(view, docs, expected), abs=1e-6)

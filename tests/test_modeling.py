@@ -258,3 +258,14 @@ def test_half_precision_load_encodes_close_to_float32(tiny_backbone, tmp_path, d
         assert vectors.dtype == torch.float32
         cosine = (vectors * expected).sum(1)
         assert cosine.min() > 0.99, (family, cosine)
+
+
+def test_one_instruction_per_query(tiny_backbone):
+    model = make_encoder(tiny_backbone, "linear")
+    instructions = ["first instruction", "second instruction", "first instruction"]
+    together = model.encode_queries(QUERIES, instruction=instructions)
+    one_by_one = torch.cat([model.encode_queries([q], instruction=i) for q, i in zip(QUERIES, instructions)])
+    torch.testing.assert_close(together, one_by_one, rtol=0, atol=1e-6)
+    assert not torch.allclose(together, model.encode_queries(QUERIES, instruction="first instruction"))
+    with pytest.raises(ValueError, match="2 instructions for 3 queries"):
+        model.encode_queries(QUERIES, instruction=instructions[:2])

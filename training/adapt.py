@@ -58,8 +58,8 @@ holds the peft LoraConfig arguments, model.safetensors the adapter and the LoRA 
 `lora.`), the backbone stays referenced by id. `AutoModel.from_pretrained(folder,
 trust_remote_code=True)` loads the backbone, injects the LoRA (needs `peft`) and fills it;
 `encode_queries` then works as for any adapter. Such a folder cannot be used as an `EraAdapter` on
-precomputed plain-Q vectors (that is refused with a message), so `training/evaluate.py`, which scores
-adapters on cached vectors, cannot score it either. The doc side never changes: no re-indexing.
+precomputed plain-Q vectors (that is refused with a message); `training/evaluate.py` scores it through
+its LoRA backbone, uncached. The doc side never changes: no re-indexing.
 """
 from __future__ import annotations
 

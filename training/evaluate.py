@@ -27,8 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from transformers import AutoModel
 
-from modeling_era import EraAdapter, EraConfig
+from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
 from training.artifacts import CARD_METRICS, query_side_encoder, record_evaluation
 from training.cache import embed_documents, embed_queries
 from training.data import Task, TaskSplit, cap_corpus, load_tasks, make_split
@@ -50,8 +51,11 @@ class System:
     doc_encoder: TextEncoder
     adapter: EraAdapter | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    query_model: EraQueryEncoder | None = None  # adapters with a LoRA: text in, uncached
 
     def embed_queries(self, queries: Sequence[str], instructions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        if self.query_model is not None:  # the LoRA changes the backbone: no cached plain-Q vector applies
+            return self.query_model.encode_queries(list(queries), instruction=list(instructions)).numpy()
         vectors = embed_queries(self.query_encoder, queries, instructions, **kwargs)
         if self.adapter is not None:
             with torch.no_grad():
@@ -97,10 +101,18 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         info = {"kind": "baseline", "query_encoder": query_side.model_id, "doc_encoder": doc_side.model_id}
         return System(spec, query_side, doc_side, info=info)
     config = EraConfig.from_pretrained(spec)
-    adapter = EraAdapter.from_pretrained(spec).eval()
+    query_side = query_side_encoder(config, make=encoders.get)
+    query_model = None
+    if getattr(config, "lora_config", None):
+        # A fresh backbone (the LoRA is injected into it), from the same resolved copy the encoders use.
+        backbone = AutoModel.from_pretrained(query_side.path)
+        query_model = EraQueryEncoder.from_pretrained(spec, backbone=backbone, tokenizer=query_side.tokenizer)
+        query_model.to(query_side.device)
+        adapter = query_model
+    else:
+        adapter = EraAdapter.from_pretrained(spec).eval()
     if doc_encoder is not None:
         adapter.check_doc_encoder(doc_encoder)
-    query_side = query_side_encoder(config, make=encoders.get)
     doc_side = encoders.get(config.doc_encoder, revision=config.doc_encoder_revision, query_template=BARE_QUERY_TEMPLATE)
     adapter.check_doc_encoder(dim=doc_side.dim)
     metadata = config.training_metadata
@@ -113,6 +125,9 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         "mode": metadata.get("mode"),
         "label_budget": metadata.get("label_budget"),
     }
+    if query_model is not None:
+        info["lora"] = config.lora_config
+        return System(_adapter_name(spec), query_side, doc_side, None, info, query_model=query_model)
     return System(_adapter_name(spec), query_side, doc_side, adapter, info)
 
 

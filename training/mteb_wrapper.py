@@ -179,15 +179,9 @@ class EraMtebModel:
 
     def encode_queries(self, queries: list[str], instructions: list[str], *, batch_size: int | None = None) -> np.ndarray:
         """Queries with one instruction each, through the adapter; input order kept."""
-        result = np.zeros((len(queries), self.config.doc_dim), dtype=np.float32)
-        groups: dict[str, list[int]] = {}
-        for i, instruction in enumerate(instructions):
-            groups.setdefault(instruction, []).append(i)
-        for instruction, rows in groups.items():
-            vectors = self.query_encoder.encode_queries([queries[i] for i in rows], instruction=instruction,
-                                                        batch_size=batch_size or self.batch_size)
-            result[rows] = vectors.numpy()
-        return result
+        vectors = self.query_encoder.encode_queries(queries, instruction=instructions,
+                                                    batch_size=batch_size or self.batch_size)
+        return vectors.numpy().astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ scoring
 
