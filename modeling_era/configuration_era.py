@@ -43,6 +43,8 @@ class EraConfig(PretrainedConfig):
         pooling (`str`): How the query backbone's token states become one vector: `"mean"`, `"cls"` or
             `"last_token"`.
         max_seq_length (`int`): Token limit for queries; longer prompts are truncated.
+        lowercase_queries (`bool`): Lower-case each prompt before tokenizing, as the query encoder's
+            sentence-transformers config asks (`do_lower_case`).
         prompt_template (`str`): How a query is shown to the query encoder. Must contain `{query}`; may
             contain `{instruction}`.
         default_instruction (`str`): Instruction used when the caller passes none.
@@ -52,6 +54,7 @@ class EraConfig(PretrainedConfig):
         fusion_dim (`int`, *optional*): `fusion` only: dimension of `fusion_encoder`'s embedding.
         fusion_pooling (`str`): Pooling of `fusion_encoder`.
         fusion_max_seq_length (`int`): Token limit of `fusion_encoder` for queries.
+        fusion_lowercase_queries (`bool`): `lowercase_queries` for `fusion_encoder`.
         fusion_branch (`str`): Shape of the strong (Q) branch of `fusion`: `"linear"` or `"low_rank"`
             (rank `adapter_rank`, for large query encoders).
         fusion_gate (`float`): Starting value of the learned scalar gate on the Q branch. At 0 a fusion
@@ -82,6 +85,7 @@ class EraConfig(PretrainedConfig):
         similarity: str = "cosine",
         pooling: str = "mean",
         max_seq_length: int = 256,
+        lowercase_queries: bool = False,
         prompt_template: str = "{instruction} {query}",
         default_instruction: str = "",
         fusion_encoder: str | None = None,
@@ -89,6 +93,7 @@ class EraConfig(PretrainedConfig):
         fusion_dim: int | None = None,
         fusion_pooling: str = "mean",
         fusion_max_seq_length: int = 256,
+        fusion_lowercase_queries: bool = False,
         fusion_branch: str = "linear",
         fusion_gate: float = 0.0,
         bundle_backbone: bool = False,
@@ -131,6 +136,7 @@ class EraConfig(PretrainedConfig):
         self.similarity = similarity
         self.pooling = pooling
         self.max_seq_length = int(max_seq_length)
+        self.lowercase_queries = bool(lowercase_queries)
         self.prompt_template = prompt_template
         self.default_instruction = default_instruction
         self.fusion_encoder = fusion_encoder
@@ -138,6 +144,7 @@ class EraConfig(PretrainedConfig):
         self.fusion_dim = int(fusion_dim) if fusion_dim else None
         self.fusion_pooling = fusion_pooling
         self.fusion_max_seq_length = int(fusion_max_seq_length)
+        self.fusion_lowercase_queries = bool(fusion_lowercase_queries)
         self.fusion_branch = fusion_branch
         self.fusion_gate = float(fusion_gate)
         self.bundle_backbone = bundle_backbone

@@ -553,17 +553,19 @@ class EraQueryEncoder(EraPreTrainedModel):
         prompts = [format_prompt(config.prompt_template, query, inst) for query, inst in zip(queries, instruction)]
         strong = {"pooling": config.pooling, "max_length": config.max_seq_length, "batch_size": batch_size,
                   "normalize": config.normalize_input}
+        strong_prompts = [prompt.lower() for prompt in prompts] if config.lowercase_queries else prompts
         if config.adapter_type != "fusion":
-            return encode_texts(self.backbone, self.tokenizer, prompts, **strong, head=self._finish)
+            return encode_texts(self.backbone, self.tokenizer, strong_prompts, **strong, head=self._finish)
         if self.light_backbone is None or self.light_tokenizer is None:
             raise RuntimeError("no light query backbone attached; load with from_pretrained or attach_light_backbone.")
         # `_adapter_input` normalises each part, once: exactly what the symmetric model does to D(q).
         strong["normalize"] = False
         light = {**strong, "pooling": config.fusion_pooling, "max_length": config.fusion_max_seq_length}
+        light_prompts = [prompt.lower() for prompt in prompts] if config.fusion_lowercase_queries else prompts
         with torch.no_grad():
             return self._finish(self._adapter_input(
-                encode_texts(self.backbone, self.tokenizer, prompts, **strong).to(self.device),
-                encode_texts(self.light_backbone, self.light_tokenizer, prompts, **light).to(self.device),
+                encode_texts(self.backbone, self.tokenizer, strong_prompts, **strong).to(self.device),
+                encode_texts(self.light_backbone, self.light_tokenizer, light_prompts, **light).to(self.device),
             )).float().cpu()
 
 

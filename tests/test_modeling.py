@@ -269,3 +269,27 @@ def test_one_instruction_per_query(tiny_backbone):
     assert not torch.allclose(together, model.encode_queries(QUERIES, instruction="first instruction"))
     with pytest.raises(ValueError, match="2 instructions for 3 queries"):
         model.encode_queries(QUERIES, instruction=instructions[:2])
+
+
+def test_lowercasing_query_encoders_match_the_training_encoder(tmp_path):
+    """A sentence-transformers checkpoint with do_lower_case (and a cased tokenizer): the saved query encoder
+    lower-cases its prompts exactly as the training pipeline's TextEncoder does."""
+    from tiny_models import tiny_vocab
+    from transformers import BertTokenizerFast
+
+    from training.artifacts import era_config, save_query_encoder
+    from training.encoders import TextEncoder
+
+    folder = make_tiny_bert(tmp_path / "cased", hidden_size=32)
+    BertTokenizerFast(vocab=tiny_vocab(), do_lower_case=False).save_pretrained(folder)  # capitals -> [UNK]
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    encoder = TextEncoder(str(folder), query_template="{query}")
+    config = era_config(encoder, encoder, prompt_template="{query}")
+    assert config.lowercase_queries
+    save_query_encoder(EraAdapter(config), tmp_path / "adapter")
+    model = EraQueryEncoder.from_pretrained(tmp_path / "adapter")
+    queries = ["Find Python Code", "Search The Index"]
+    expected = EraAdapter(config)(torch.from_numpy(encoder.encode(queries)))
+    torch.testing.assert_close(model.encode_queries(queries), expected, rtol=0, atol=1e-6)
+    model.config.lowercase_queries = False  # what the mismatch looked like: capitals become unknown tokens
+    assert not torch.allclose(model.encode_queries(queries), expected, atol=1e-3)

@@ -47,7 +47,7 @@ def era_config(
         adapter_shape.update(
             fusion_encoder=light_encoder.model_id, fusion_encoder_revision=light_encoder.revision,
             fusion_dim=light_encoder.dim, fusion_pooling=light_encoder.pooling,
-            fusion_max_seq_length=light_encoder.max_length,
+            fusion_max_seq_length=light_encoder.max_length, fusion_lowercase_queries=light_encoder.do_lower_case,
         )
     return EraConfig(
         query_encoder=query_encoder.model_id,
@@ -62,6 +62,7 @@ def era_config(
         similarity="cosine" if doc_encoder.normalize else "dot",
         pooling=query_encoder.pooling,
         max_seq_length=query_encoder.max_length,
+        lowercase_queries=query_encoder.do_lower_case,
         prompt_template=prompt_template,
         default_instruction=default_instruction,
         training_metadata=training_metadata or {},

@@ -168,7 +168,8 @@ def export_sentence_transformer(
         else:
             query_path = _resolve(config.query_encoder, config.query_encoder_revision, era_cache_dir)
 
-        query_transformer = Transformer(str(query_path), max_seq_length=config.max_seq_length)
+        query_transformer = Transformer(str(query_path), max_seq_length=config.max_seq_length,
+                                        do_lower_case=config.lowercase_queries)
         hidden = query_transformer.get_embedding_dimension()
         if hidden != config.query_dim:
             raise ValueError(
