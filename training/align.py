@@ -156,10 +156,8 @@ def procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def set_from_linear(adapter: EraAdapter, weight: np.ndarray, bias: np.ndarray) -> None:
-    """Initialise any family from a linear map y = x·W + b, where its shape allows (fusion: its Q branch)."""
+    """Initialise any family from a linear map y = x·W + b, where its shape allows."""
     module, kind = adapter.adapter, adapter.config.adapter_type
-    if kind == "fusion":
-        module, kind = module.strong, adapter.config.fusion_branch
     with torch.no_grad():
         if kind in ("linear", "mlp"):
             module.proj.weight.copy_(torch.from_numpy(weight.T.astype(np.float32)))

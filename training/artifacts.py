@@ -18,6 +18,7 @@ from typing import Any, Callable
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
+from modeling_era.modeling_era import BACKBONE_PREFIX
 from training.encoders import FusedEncoder, TextEncoder
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "era_adapter.md"
@@ -119,16 +120,17 @@ def count_adapter_parameters(weights: str | os.PathLike) -> int:
     total = 0
     with safe_open(str(weights), framework="pt") as handle:
         for key in handle.keys():
-            if not key.startswith("backbone."):
+            if not key.startswith(BACKBONE_PREFIX):
                 total += math.prod(int(size) for size in handle.get_slice(key).get_shape())
     return total
 
 
-def write_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> None:
-    """(Re-)render folder/README.md from the folder's config.json and weights; `repo_id` names it in the usage
-    snippet (default: the folder's name). Written to a temporary file, then renamed into place."""
+def write_model_card(folder: str | os.PathLike, repo_id: str | None = None, config: EraConfig | None = None) -> None:
+    """(Re-)render folder/README.md from the folder's config (read from config.json unless given) and weights;
+    `repo_id` names it in the usage snippet (default: the folder's name). Written to a temporary file, then
+    renamed into place."""
     folder = Path(folder)
-    config = EraConfig.from_pretrained(folder)
+    config = config or EraConfig.from_pretrained(folder)
     card = render_model_card(config, num_parameters=count_adapter_parameters(folder / "model.safetensors"),
                              repo_id=repo_id or folder.name)
     _atomic_write_text(folder / "README.md", str(card))
@@ -144,7 +146,7 @@ def record_evaluation(folder: str | os.PathLike, evaluation: dict[str, dict[str,
     config.training_metadata["evaluation"] = evaluation
     config.training_metadata["evaluation_settings"] = settings
     _atomic_write_text(folder / "config.json", config.to_json_string())
-    write_model_card(folder)
+    write_model_card(folder, config=config)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
