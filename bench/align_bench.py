@@ -26,13 +26,13 @@ import torch
 from accelerate import Accelerator
 
 from modeling_era import EraAdapter, EraQueryEncoder
-from training.align import alignment_quality, choose_ridge, fit_gradient, ridge_statistics, sample_texts, set_from_linear
-from training.artifacts import era_config, save_query_encoder
-from training.cache import embed_texts
-from training.data import cap_corpus, load_tasks
-from training.encoders import TextEncoder
-from training.evaluate import evaluate
-from training.loop import LoopConfig
+from era_adapters.align import alignment_quality, choose_ridge, fit_gradient, ridge_statistics, sample_texts, set_from_linear
+from era_adapters.artifacts import era_config, save_query_encoder
+from era_adapters.cache import embed_texts
+from era_adapters.data import cap_corpus, load_tasks
+from era_adapters.encoders import TextEncoder
+from era_adapters.evaluate import evaluate
+from era_adapters.loop import LoopConfig
 
 QUERY_ENCODER = "sentence-transformers/all-mpnet-base-v2"
 DOC_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"

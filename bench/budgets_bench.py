@@ -22,7 +22,7 @@ With fusion, the extra query-time cost of running both backbones is measured in 
 versus Q + D on a sample of test queries (uncached), reported as a ratio.
 
 Adapters are trained per task (one index per task). Budgets count training + validation labels
-(`training.data.make_split`). Every adapter folder is kept under `<work-dir>/<settings hash>/<task>/`
+(`era_adapters.data.make_split`). Every adapter folder is kept under `<work-dir>/<settings hash>/<task>/`
 (default runs/budgets_bench); an existing one is reused, so an interrupted run continues where it
 stopped. Output: `<output>.json`
 (per-task and macro nDCG@10, per-query values, paired sign-flip tests against doc2doc per task and
@@ -46,16 +46,14 @@ from typing import Any, Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from training.adapt import adapt  # noqa: E402
-from training.align import align  # noqa: E402
-from training.data import DataError, load_tasks  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.metrics import paired_test  # noqa: E402
+from era_adapters.adapt import adapt
+from era_adapters.align import align
+from era_adapters.data import DataError, load_tasks
+from era_adapters.evaluate import evaluate
+from era_adapters.metrics import paired_test
 
-logger = logging.getLogger("era.bench.budgets")
+logger = logging.getLogger(__name__)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 BUDGETS = (0.05, 0.1, 0.2, 0.4)
@@ -134,7 +132,7 @@ def query_cost(data: str, task: str, query_encoder: str, doc_encoder: str, templ
                cache_dir: str | None, repeats: int = 3) -> dict[str, Any]:
     """Seconds to embed `count` queries of `task` with Q alone and with Q + D (fusion), uncached: the best
     of `repeats` alternating runs each, after a warm-up that loads both models."""
-    from training.encoders import FusedEncoder, TextEncoder
+    from era_adapters.encoders import FusedEncoder, TextEncoder
 
     loaded = load_tasks(data, [task])[0]
     strong = TextEncoder(query_encoder, cache_dir=cache_dir, query_template=template)
@@ -326,7 +324,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-docs", type=int, help="corpus cap, the same for every system")
     parser.add_argument("--max-queries", type=int, help="seeded sample of test queries per task")
     parser.add_argument("--adapt-arg", action="append", default=[], metavar="KEY=JSON",
-                        help="extra keyword of training.adapt.adapt, e.g. lr=0.001 or l2_to_init=0.1")
+                        help="extra keyword of era_adapters.adapt.adapt, e.g. lr=0.001 or l2_to_init=0.1")
     parser.add_argument("--cache-dir")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "budgets"),
                         help="results go to OUTPUT.json and OUTPUT.md")

@@ -13,7 +13,7 @@ model loaded before the clock starts:
 * ``plain``: `AutoModel` + tokenizer, batches in input order (no sorting), padding to the batch's
   longest, truncation at the model's max length, mean pooling, L2 normalisation.
 * ``sentence_transformers``: ``SentenceTransformer(path).encode(texts, batch_size, normalize_embeddings=True)``.
-* ``era_cold``: `training.cache.embed_texts` into an empty cache (hashing, planning, length-sorted
+* ``era_cold``: `era_adapters.cache.embed_texts` into an empty cache (hashing, planning, length-sorted
   batches via `modeling_era.encode_texts`, shard writing and checksums included).
 * ``era_warm``: a fresh process runs `embed_texts` on all the texts again with the filled cache:
   encoder set-up without loading the weights, manifest scan, checksum verification, memory-mapped
@@ -64,8 +64,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(REPO))
-    from training.models import resolve_model
+    from era_adapters.models import resolve_model
 
     texts = json.loads(Path(args.texts_file).read_text())
     resolved = resolve_model(args.model, cache_dir=args.cache_dir)
@@ -74,7 +73,7 @@ def worker(args: argparse.Namespace) -> None:
         import torch.nn.functional as F
         from transformers import AutoModel, AutoTokenizer
 
-        from training.encoders import read_sentence_transformers_config
+        from era_adapters.encoders import read_sentence_transformers_config
 
         max_length = read_sentence_transformers_config(resolved.path)["max_length"] or 512
         model = AutoModel.from_pretrained(resolved.path).eval()
@@ -98,8 +97,8 @@ def worker(args: argparse.Namespace) -> None:
         vectors = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=False)
         result["seconds"] = time.perf_counter() - start
     else:
-        from training.cache import EmbeddingCache, embed_texts
-        from training.encoders import TextEncoder
+        from era_adapters.cache import EmbeddingCache, embed_texts
+        from era_adapters.encoders import TextEncoder
 
         start_setup = time.perf_counter()
         encoder = TextEncoder(resolved, batch_size=args.batch_size, cache_dir=args.cache_dir, device="cpu")
@@ -122,11 +121,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def token_lengths(model: str, texts: list[str], cache_dir: str | None) -> dict:
-    sys.path.insert(0, str(REPO))
     from transformers import AutoTokenizer
 
-    from training.encoders import read_sentence_transformers_config
-    from training.models import resolve_model
+    from era_adapters.encoders import read_sentence_transformers_config
+    from era_adapters.models import resolve_model
 
     path = resolve_model(model, cache_dir=cache_dir).path
     limit = read_sentence_transformers_config(path)["max_length"] or 512

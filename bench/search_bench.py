@@ -8,7 +8,7 @@ to ``<work-dir>/docs.npy`` (a temporary dir unless ``--work-dir`` is given; reus
 holds a file of the same size and seed). Three methods, each in its own fresh subprocess so that
 its peak memory is its own:
 
-* ``ours``: `training.search.exact_search` over ``np.load(path, mmap_mode="r")``, streamed in
+* ``ours``: `era_adapters.search.exact_search` over ``np.load(path, mmap_mode="r")``, streamed in
   chunks of ``--chunk-size`` rows.
 * ``faiss_loaded``: ``np.load`` of the whole matrix, ``faiss.IndexFlatIP.add`` (which copies it),
   ``index.search``.
@@ -98,7 +98,7 @@ def worker(method: str, docs_path: Path, q_path: Path, k: int, chunk_size: int, 
     """Run one method in this (fresh) process; save its top-k; return timings and memory."""
     import faiss
 
-    from training.search import exact_search
+    from era_adapters.search import exact_search
 
     base = proc_status_mib("VmRSS")
     queries = np.load(q_path)

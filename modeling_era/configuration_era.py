@@ -18,52 +18,98 @@ SIMILARITIES = ("cosine", "dot")
 class EraConfig(PretrainedConfig):
     r"""Configuration of an ERA adapter that maps query-encoder embeddings into a doc encoder's space.
 
+    Every field is saved in `config.json`; together they say how to use the adapter correctly.
+
     Args:
-        query_encoder (`str`, *optional*):
+        query_encoder (`str`, *optional*, defaults to `None`):
             Hub id (or local path) of the strong query encoder whose pooled embeddings feed the adapter.
-            For API-only query encoders (e.g. OpenAI vectors) it is a descriptive name; no backbone is loaded.
-        query_encoder_revision (`str`, *optional*):
+            For API-only query encoders (e.g. OpenAI vectors) a descriptive name; no backbone is loaded.
+        query_encoder_revision (`str`, *optional*, defaults to `None`):
             Git revision (commit, tag or branch) of `query_encoder` the adapter was trained with.
-        doc_encoder (`str`, *optional*):
+        doc_encoder (`str`, *optional*, defaults to `None`):
             Hub id of the light doc encoder that built the index this adapter searches.
-        doc_encoder_revision (`str`, *optional*):
+        doc_encoder_revision (`str`, *optional*, defaults to `None`):
             Revision of `doc_encoder`.
-        query_dim (`int`): Dimension of the query encoder's pooled embedding (the adapter's input).
-        doc_dim (`int`): Dimension of the doc encoder's embedding (the adapter's output).
-        adapter_type (`str`): Adapter family: `"linear"` (the paper's W·x + b), `"low_rank"`
-            (B·A·x + b, plus x itself when the dims are equal; for large dims), `"mlp"` (W·x + b plus a
-            small GELU MLP residual whose output layer starts at zero) or `"fusion"` (both query
-            embeddings in: W_d·D(q) + b_d + gate·(W_q·Q(q) + b_q), with D = `fusion_encoder`).
-        adapter_rank (`int`): Inner rank of the `low_rank` family.
-        adapter_hidden_dim (`int`): Hidden width of the `mlp` family.
-        normalize_input (`bool`): L2-normalise the query encoder's pooled embedding before the adapter, as
-            the query encoder's own sentence-transformers pipeline does.
-        normalize_output (`bool`): L2-normalise the adapter's output (required for a cosine index).
-        similarity (`str`): Similarity the doc index uses: `"cosine"` or `"dot"`.
-        pooling (`str`): How the query backbone's token states become one vector: `"mean"`, `"cls"` or
-            `"last_token"`.
-        max_seq_length (`int`): Token limit for queries; longer prompts are truncated.
-        lowercase_queries (`bool`): Lower-case each prompt before tokenizing, as the query encoder's
-            sentence-transformers config asks (`do_lower_case`).
-        prompt_template (`str`): How a query is shown to the query encoder. Must contain `{query}`; may
-            contain `{instruction}`.
-        default_instruction (`str`): Instruction used when the caller passes none.
-        fusion_encoder (`str`, *optional*): `fusion` only: Hub id of the light encoder whose query
-            embedding feeds the second branch (normally the doc encoder itself).
-        fusion_encoder_revision (`str`, *optional*): Revision of `fusion_encoder`.
-        fusion_dim (`int`, *optional*): `fusion` only: dimension of `fusion_encoder`'s embedding.
-        fusion_pooling (`str`): Pooling of `fusion_encoder`.
-        fusion_max_seq_length (`int`): Token limit of `fusion_encoder` for queries.
-        fusion_lowercase_queries (`bool`): `lowercase_queries` for `fusion_encoder`.
-        fusion_branch (`str`): Shape of the strong (Q) branch of `fusion`: `"linear"` or `"low_rank"`
-            (rank `adapter_rank`, for large query encoders).
-        fusion_gate (`float`): Starting value of the learned scalar gate on the Q branch. At 0 a fusion
-            adapter starts as the symmetric model (the light encoder on both sides, through W_d).
-        bundle_backbone (`bool`): Whether the query backbone's weights are stored in this folder
-            (self-contained artifact) rather than loaded from `query_encoder` by reference.
-        backbone_config (`dict`, *optional*): The bundled backbone's own config (only when bundled).
-        training_metadata (`dict`): Free-form record written by the training stages: recipe, seeds,
-            data and split, metrics.
+        query_dim (`int`, *optional*, defaults to 768):
+            Dimension of the query encoder's pooled embedding (the adapter's input).
+        doc_dim (`int`, *optional*, defaults to 384):
+            Dimension of the doc encoder's embedding (the adapter's output).
+        adapter_type (`str`, *optional*, defaults to `"linear"`):
+            Adapter family: `"linear"` (the paper's W·x + b), `"low_rank"` (B·A·x + b, plus x itself when
+            the dims are equal; for large dims), `"mlp"` (W·x + b plus a small GELU MLP residual whose
+            output layer starts at zero) or `"fusion"` (both query embeddings in:
+            W_d·D(q) + b_d + gate·(W_q·Q(q) + b_q), with D = `fusion_encoder`).
+        adapter_rank (`int`, *optional*, defaults to 64):
+            Inner rank of the `low_rank` family.
+        adapter_hidden_dim (`int`, *optional*, defaults to 1024):
+            Hidden width of the `mlp` family.
+        normalize_input (`bool`, *optional*, defaults to `True`):
+            L2-normalise the query encoder's pooled embedding before the adapter, as the query encoder's
+            own sentence-transformers pipeline does.
+        normalize_output (`bool`, *optional*, defaults to `True`):
+            L2-normalise the adapter's output (required for a cosine index).
+        similarity (`str`, *optional*, defaults to `"cosine"`):
+            Similarity the doc index uses: `"cosine"` or `"dot"`.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            How the query backbone's token states become one vector: `"mean"`, `"cls"` or `"last_token"`.
+        max_seq_length (`int`, *optional*, defaults to 256):
+            Token limit for queries; longer prompts are truncated. (sentence-transformers' name:
+            transformers 5 reserves `max_length` for generation.)
+        lowercase_queries (`bool`, *optional*, defaults to `False`):
+            Lower-case each prompt before tokenizing, as the query encoder's sentence-transformers config
+            asks (`do_lower_case`).
+        prompt_template (`str`, *optional*, defaults to `"{instruction} {query}"`):
+            How a query is shown to the query encoder. Must contain `{query}`; may contain `{instruction}`.
+        default_instruction (`str`, *optional*, defaults to `""`):
+            Instruction used when the caller passes none.
+        fusion_encoder (`str`, *optional*, defaults to `None`):
+            `fusion` only: Hub id of the light encoder whose query embedding feeds the second branch
+            (normally the doc encoder itself).
+        fusion_encoder_revision (`str`, *optional*, defaults to `None`):
+            Revision of `fusion_encoder`.
+        fusion_dim (`int`, *optional*, defaults to `None`):
+            `fusion` only (then required): dimension of `fusion_encoder`'s embedding.
+        fusion_pooling (`str`, *optional*, defaults to `"mean"`):
+            Pooling of `fusion_encoder`.
+        fusion_max_seq_length (`int`, *optional*, defaults to 256):
+            Token limit of `fusion_encoder` for queries.
+        fusion_lowercase_queries (`bool`, *optional*, defaults to `False`):
+            `lowercase_queries` for `fusion_encoder`.
+        fusion_branch (`str`, *optional*, defaults to `"linear"`):
+            Shape of the strong (Q) branch of `fusion`: `"linear"` or `"low_rank"` (rank `adapter_rank`,
+            for large query encoders).
+        fusion_gate (`float`, *optional*, defaults to 0.0):
+            Starting value of the learned scalar gate on the Q branch. At 0 a fusion adapter starts as the
+            symmetric model (the light encoder on both sides, through W_d).
+        lora_config (`dict`, *optional*, defaults to `None`):
+            When the query backbone was trained with a LoRA: its peft `LoraConfig` arguments (`r`,
+            `lora_alpha`, `lora_dropout`, `target_modules`, `bias`). The LoRA weights are stored with the
+            adapter (prefix `lora.`); loading puts them on the referenced backbone.
+        bundle_backbone (`bool`, *optional*, defaults to `False`):
+            Whether the query backbone's weights are stored in this folder (self-contained artifact)
+            rather than loaded from `query_encoder` by reference.
+        backbone_config (`dict`, *optional*, defaults to `None`):
+            The bundled backbone's own config (only when bundled).
+        training_metadata (`dict`, *optional*, defaults to `{}`):
+            Free-form record written by the training stages: recipe, settings, seeds, data and split,
+            label counts, metrics.
+
+    Example:
+
+    ```python
+    >>> from modeling_era import EraConfig, EraAdapter
+
+    >>> config = EraConfig(
+    ...     query_encoder="sentence-transformers/all-mpnet-base-v2",
+    ...     doc_encoder="sentence-transformers/all-MiniLM-L6-v2",
+    ...     query_dim=768,
+    ...     doc_dim=384,
+    ...     prompt_template="{query}",
+    ... )
+    >>> adapter = EraAdapter(config)  # maps (n, 768) query vectors to (n, 384) doc-space vectors
+    >>> adapter.config.adapter_type
+    'linear'
+    ```
     """
 
     model_type = "era"
@@ -96,6 +142,7 @@ class EraConfig(PretrainedConfig):
         fusion_lowercase_queries: bool = False,
         fusion_branch: str = "linear",
         fusion_gate: float = 0.0,
+        lora_config: dict[str, Any] | None = None,
         bundle_backbone: bool = False,
         backbone_config: dict[str, Any] | None = None,
         training_metadata: dict[str, Any] | None = None,
@@ -147,6 +194,7 @@ class EraConfig(PretrainedConfig):
         self.fusion_lowercase_queries = bool(fusion_lowercase_queries)
         self.fusion_branch = fusion_branch
         self.fusion_gate = float(fusion_gate)
+        self.lora_config = dict(lora_config) if lora_config else None
         self.bundle_backbone = bundle_backbone
         self.backbone_config = backbone_config
         self.training_metadata = dict(training_metadata or {})

@@ -4,14 +4,21 @@ This file travels to the Hugging Face Hub with every adapter (``trust_remote_cod
 torch, transformers and the standard library, makes no network calls of its own (only the explicit
 ``from_pretrained`` of the named backbone), and does nothing at import time.
 
-Reading order: prompt and pooling helpers -> ``encode_texts`` (shared with the training pipeline) ->
-adapter families -> ``EraAdapter`` (precomputed query vectors) -> ``EraQueryEncoder`` (text in,
-doc-space vectors out) -> import of the authors' released linear checkpoints.
+Reading order: crash-safe files (shared with the training pipeline) -> prompt and pooling helpers ->
+``encode_texts`` (shared with the training pipeline) -> adapter families -> ``EraAdapter`` (precomputed
+query vectors) -> ``EraQueryEncoder`` (text in, doc-space vectors out) -> the minimal model card.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import importlib.metadata
+import json
 import os
-from typing import Any, Callable, Sequence
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +34,126 @@ LIGHT_BACKBONE_PREFIX = "light_backbone."  # fusion's light encoder: always by r
 LORA_PREFIX = "lora."  # LoRA weights of the query backbone (config.lora_config), stored with the adapter
 # Keyword arguments of `from_pretrained` that also apply when fetching the backbone by reference.
 _BACKBONE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "proxies", "dtype", "device_map")
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash-safe files. Everything ERA writes goes through these three helpers (the training library
+# imports them from here): a unique temporary name beside the target, fsync, then one rename, so a
+# kill at any instant leaves either the old or the new complete file or folder at the path.
+# ---------------------------------------------------------------------------------------------
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush a file, or every file and folder under `path`, to disk."""
+    paths = [path] if path.is_file() else [*path.rglob("*"), path]
+    for item in paths:
+        if item.is_symlink():
+            continue
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_parent(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder; the rename still happened
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _temporary_sibling(path: Path, kind: str) -> Path:
+    # Hidden, unique per process and call; created with open()/mkdir(), so the umask sets its mode.
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write a file to; renamed onto `path` after fsync when the
+    block ends without error, removed otherwise. Readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path, "tmp")
+    try:
+        yield temporary
+        _fsync_tree(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    _fsync_parent(path)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` (text as UTF-8) to `path` crash-safely (see `atomic_path`)."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """An empty staging folder beside `path` to fill; when the block ends without error it replaces
+    `path` (created or swapped), else it is removed. At every instant `path` holds the old complete
+    folder or the new one: on Linux the two are exchanged in one atomic `renameat2(RENAME_EXCHANGE)`;
+    elsewhere the old folder is first renamed aside and, should the process die between the two
+    renames, `recover_folder(path)` (run by every later save and load) puts it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(path)
+    staging = _temporary_sibling(path, "staging")
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_tree(staging)
+        _swap_in(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the staging folder, or the old one after a swap
+
+
+def recover_folder(path: str | os.PathLike) -> bool:
+    """Put back the folder a save renamed aside if it was interrupted before its new folder arrived.
+    Returns whether something was restored."""
+    path = Path(path)
+    aside = sorted(path.parent.glob(f".{path.name}.previous-*"), key=lambda p: p.stat().st_mtime)
+    if path.exists():  # the new folder arrived: what was set aside is the discarded old one
+        for old in aside:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+    if not aside:
+        return False
+    os.rename(aside[-1], path)
+    _fsync_parent(path)
+    return True
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_cwd = -100
+    done = renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), _RENAME_EXCHANGE)
+    return done == 0
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Move the complete folder `staging` to `path`; what was at `path` ends up at `staging`."""
+    if not path.exists():
+        os.rename(staging, path)
+    elif not _exchange(staging, path):
+        aside = path.parent / f".{path.name}.previous-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        os.rename(path, aside)
+        os.rename(staging, path)  # a kill before this line: recover_folder(path) restores `aside`
+        os.rename(aside, staging)  # removed with the staging folder
+    _fsync_parent(path)
+
 
 
 class IncompatibleDocEncoderError(ValueError):
@@ -211,6 +338,8 @@ class EraPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _load_adapter_checked(cls, path: str | os.PathLike, *model_args: Any, **kwargs: Any) -> PreTrainedModel:
+        if os.path.isdir(path) or not os.path.exists(path):
+            recover_folder(path)  # a save killed between its two renames left the old folder aside
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, WEIGHTS_NAME)):
             raise FileNotFoundError(
                 f"{path} has no {WEIGHTS_NAME}: an ERA adapter folder holds config.json and {WEIGHTS_NAME}. "
@@ -226,7 +355,8 @@ class EraPreTrainedModel(PreTrainedModel):
                     f"the weights file of {path} is corrupt or truncated ({error}); re-download or re-save it."
                 ) from error
             raise
-        lora = getattr(model.config, "lora_config", None)
+        _check_floating_weights(path, kwargs)
+        lora = model.config.lora_config
         if lora and cls is not EraQueryEncoder:
             raise ValueError(
                 f"{path} was trained with a LoRA on its query backbone, so vectors of the plain query encoder do "
@@ -263,21 +393,40 @@ class EraPreTrainedModel(PreTrainedModel):
         if revision is not None and wanted_revision is not None and revision != wanted_revision:
             raise IncompatibleDocEncoderError(f"the index was built with revision {revision}. {advice}")
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Upload this adapter with its ERA model card (transformers' own push would write a generic card).
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save config.json, model.safetensors and the two code files crash-safely.
 
-        Takes `private`, `revision`, `token` and `commit_message` like transformers' `push_to_hub`. The
-        card is rendered by the package that trains ERA adapters (`training.push.push_adapter`).
+        The folder is written beside `save_directory` and swapped in whole (`atomic_folder`): a kill at
+        any moment leaves the previous adapter or the new one, never a mix. Files of an existing folder
+        that this save does not write (a README.md, notes) are kept; stale weight files are not.
         """
-        try:
-            from training.push import push_adapter
-        except ImportError as error:
-            raise ImportError(
-                "push_to_hub renders the ERA model card with the era-adapters package: install it "
-                "(pip install era-adapters), or save_pretrained(folder) and upload the folder with "
-                "huggingface_hub.upload_folder."
-            ) from error
-        return push_adapter(self, repo_id, **kwargs)
+        if kwargs.get("push_to_hub"):
+            raise ValueError("save_pretrained(push_to_hub=True) is not supported; call model.push_to_hub(repo_id).")
+        target = Path(save_directory)
+        with atomic_folder(target) as staging:
+            self._write_files(staging, **kwargs)
+            _carry_over(target, staging)
+
+    def _write_files(self, folder: Path, **kwargs: Any) -> None:
+        super().save_pretrained(folder, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this adapter with a model card; takes `private`, `revision`, `token` and
+        `commit_message` like transformers' `push_to_hub`.
+
+        With the era-adapters library installed, its `push_adapter` uploads the adapter with the full ERA
+        card (training details, evaluation results). Without it, transformers' own upload runs with the
+        minimal card of `minimal_model_card`, which says what it lacks.
+        """
+        push_adapter = _library_push_adapter()
+        if push_adapter is not None:
+            return push_adapter(self, repo_id, **kwargs)
+        return super().push_to_hub(repo_id, **kwargs)
+
+    def _upload_modified_files(self, working_dir: str | os.PathLike, repo_id: str, *args: Any, **kwargs: Any) -> Any:
+        # transformers' push_to_hub wrote its generic README.md here; an ERA adapter carries its own card.
+        atomic_write(Path(working_dir) / "README.md", minimal_model_card(self.config, repo_id))
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def _finish(self, vectors: torch.Tensor) -> torch.Tensor:
         vectors = self.adapter(vectors.to(self.dtype))  # pooled vectors are float32; the adapter may be bf16/fp16
@@ -466,22 +615,19 @@ class EraQueryEncoder(EraPreTrainedModel):
                 raise ValueError(f"{pretrained_model_name_or_path} names no fusion_encoder; pass light_backbone=...")
             model.attach_light_backbone(*_load_encoder(
                 config.fusion_encoder, config.fusion_encoder_revision, light_backbone, light_tokenizer, hub_kwargs))
-        if getattr(config, "lora_config", None):
+        if config.lora_config:
             hub_kwargs.pop("dtype", None), hub_kwargs.pop("device_map", None)
             weights = cached_file(pretrained_model_name_or_path, WEIGHTS_NAME, revision=kwargs.get("revision"), **hub_kwargs)
             model._load_lora(weights)
         return model.eval()
 
     def _load_lora(self, weights_file: str) -> None:
-        """Inject the LoRA of `config.lora_config` into the backbone and fill it from the weights file."""
-        try:
-            from peft import LoraConfig, inject_adapter_in_model
-        except ImportError as error:
-            raise ImportError("this ERA adapter carries a LoRA for its query backbone: pip install peft to load it.") from error
+        """Put the LoRA of `config.lora_config` on the backbone's target layers and fill it from the
+        weights file (inference only; the layers and weight names are those peft trains)."""
         from safetensors.torch import load_file
 
         state = {k[len(LORA_PREFIX):]: v for k, v in load_file(weights_file).items() if k.startswith(LORA_PREFIX)}
-        self.backbone = inject_adapter_in_model(LoraConfig(**self.config.lora_config), self.backbone)
+        add_lora_layers(self.backbone, self.config.lora_config)
         expected = {k for k in self.backbone.state_dict() if "lora_" in k}
         if set(state) != expected:
             raise ValueError(
@@ -490,27 +636,33 @@ class EraQueryEncoder(EraPreTrainedModel):
             )
         self.backbone.load_state_dict(state, strict=False)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, bundle_backbone: bool | None = None, **kwargs: Any):
-        """Save the adapter (by default) or adapter + backbone + tokenizer (`bundle_backbone=True`)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *, bundle_backbone: bool | None = None,
+                        **kwargs: Any) -> None:
+        """Save the adapter (by default) or adapter + backbone + tokenizer (`bundle_backbone=True`),
+        crash-safely (see `EraPreTrainedModel.save_pretrained`)."""
         bundle = self.config.bundle_backbone if bundle_backbone is None else bundle_backbone
         if bundle and self.config.adapter_type == "fusion":
             raise ValueError("a fusion adapter names both query encoders by reference; save with bundle_backbone=False.")
+        if bundle and self.config.lora_config:
+            raise ValueError("a LoRA backbone is saved by reference only: bundle_backbone=False (or merge it first).")
         self.config.bundle_backbone = bundle
         self.config.backbone_config = self.backbone.config.to_dict() if bundle else None
+        super().save_pretrained(save_directory, **kwargs)
+
+    def _write_files(self, folder: Path, **kwargs: Any) -> None:
+        bundle = self.config.bundle_backbone
         state = self.state_dict()
         lora = {key: value for key, value in state.items() if key.startswith(BACKBONE_PREFIX) and "lora_" in key}
         state = {key: value for key, value in state.items() if not key.startswith(LIGHT_BACKBONE_PREFIX)}
         if not bundle:
             state = {key: value for key, value in state.items() if not key.startswith(BACKBONE_PREFIX)}
-        if getattr(self.config, "lora_config", None):
-            if bundle:
-                raise ValueError("a LoRA backbone is saved by reference only: bundle_backbone=False (or merge it first).")
+        if self.config.lora_config:
             if not lora:
                 raise ValueError("config.lora_config is set but the backbone has no LoRA layers to save.")
             state.update({LORA_PREFIX + key[len(BACKBONE_PREFIX):]: value for key, value in lora.items()})
-        super().save_pretrained(save_directory, state_dict=state, **kwargs)
+        super()._write_files(folder, state_dict=state, **kwargs)
         if bundle:
-            self.tokenizer.save_pretrained(save_directory)
+            self.tokenizer.save_pretrained(folder)
 
     def forward(
         self,
@@ -583,12 +735,162 @@ def _load_encoder(
     hub_kwargs: dict[str, Any],
 ) -> tuple[PreTrainedModel, Any]:
     """The given backbone / tokenizer, or those named by `source` (an explicit, requested Hub load)."""
-    if backbone is None:
-        # AutoModel's probe for a PEFT adapter ignores the hub kwargs unless handed them again.
-        probe_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "local_files_only", "proxies") if key in hub_kwargs}
-        backbone = AutoModel.from_pretrained(source, revision=revision, adapter_kwargs=probe_kwargs, **hub_kwargs)
-    if tokenizer is None:
-        tokenizer_kwargs = {key: value for key, value in hub_kwargs.items() if key not in ("dtype", "device_map")}
-        # Handing over the backbone's config keeps AutoTokenizer from reading our config.json (custom code).
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, config=backbone.config, **tokenizer_kwargs)
+    try:
+        if backbone is None:
+            # AutoModel's probe for a PEFT adapter ignores the hub kwargs unless handed them again.
+            probe = {key: hub_kwargs[key] for key in ("cache_dir", "local_files_only", "proxies") if key in hub_kwargs}
+            backbone = AutoModel.from_pretrained(source, revision=revision, adapter_kwargs=probe, **hub_kwargs)
+        if tokenizer is None:
+            tokenizer_kwargs = {key: value for key, value in hub_kwargs.items() if key not in ("dtype", "device_map")}
+            # Handing over the backbone's config keeps AutoTokenizer from reading our config.json (custom code).
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, config=backbone.config,
+                                                      **tokenizer_kwargs)
+    except OSError as error:
+        raise OSError(
+            f"this ERA adapter runs the encoder {source!r} (revision {revision or 'default'}), which could not be "
+            f"loaded ({error}). Three ways to fix it: (1) put it in the Hugging Face cache (download it once with "
+            "network access, or pass cache_dir= a cache that holds it; for the copies the era-adapters library "
+            "packages: cache_dir=era_adapters.models.offline_hub_cache(), local_files_only=True); (2) pass the "
+            "loaded encoder: from_pretrained(..., backbone=AutoModel.from_pretrained(local_copy), "
+            "tokenizer=AutoTokenizer.from_pretrained(local_copy)); (3) save the adapter with "
+            "save_pretrained(folder, bundle_backbone=True), so that the folder carries its backbone."
+        ) from error
     return backbone.eval(), tokenizer
+
+
+def _check_floating_weights(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> None:
+    """Refuse a weights file with non-float tensors: loading would cast them into garbage vectors."""
+    from safetensors import safe_open
+
+    keys = ("cache_dir", "token", "local_files_only", "proxies", "revision", "subfolder")
+    weights = cached_file(path, WEIGHTS_NAME, **{key: hub_kwargs[key] for key in keys if key in hub_kwargs})
+    with safe_open(weights, framework="pt") as handle:
+        wrong = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
+    wrong = {key: dtype for key, dtype in wrong.items() if dtype not in _FLOAT_DTYPES}
+    if wrong:
+        shown = ", ".join(f"{key} ({dtype})" for key, dtype in list(wrong.items())[:3])
+        raise ValueError(
+            f"the weights in {path} are not floating point: {shown}. An ERA adapter stores float tensors "
+            "(F32, F16 or BF16); re-save it with save_pretrained."
+        )
+
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# Weight files an earlier save may have left; a new save replaces them, so they are never carried over.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Copy into `new` what the previous folder `old` holds and this save did not write (weights aside)."""
+    if not old.is_dir():
+        return
+    for item in old.iterdir():
+        if item.name.startswith(".") or item.name.endswith(_WEIGHT_SUFFIXES) or (new / item.name).exists():
+            continue
+        if item.is_dir():
+            shutil.copytree(item, new / item.name, symlinks=True)
+        else:
+            shutil.copy2(item, new / item.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA layers for inference: the query backbone of an adapter trained with a LoRA (peft's layout and
+# weight names, so that the weights peft trained load as they are; no peft needed to use them)
+# ---------------------------------------------------------------------------------------------
+
+
+class LoraLinear(nn.Module):
+    """y = base(x) + (alpha / r) · B·A·x, named as peft names it (`base_layer`, `lora_A.default`, ...)."""
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(base_layer.in_features, r, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(r, base_layer.out_features, bias=False)})
+        self.scaling = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = self.lora_B["default"](self.lora_A["default"](x.to(self.lora_A["default"].weight.dtype)))
+        return self.base_layer(x) + (delta * self.scaling).to(x.dtype)
+
+
+def add_lora_layers(backbone: nn.Module, lora_config: dict[str, Any]) -> None:
+    """Wrap the target linear layers of `backbone` in `LoraLinear` (targets matched as peft matches them:
+    a list of names equals a module's name or its last parts; a string is a full regex match)."""
+    import re
+
+    if lora_config.get("use_rslora") or lora_config.get("use_dora"):
+        raise ValueError(f"lora_config {lora_config}: rsLoRA and DoRA adapters are not supported.")
+    targets = lora_config["target_modules"]
+    r, alpha = int(lora_config["r"]), float(lora_config.get("lora_alpha", 8))
+
+    def is_target(name: str) -> bool:
+        if isinstance(targets, str):
+            return re.fullmatch(targets, name) is not None
+        return any(name == target or name.endswith("." + target) for target in targets)
+
+    chosen = [name for name, module in backbone.named_modules() if isinstance(module, nn.Linear) and is_target(name)]
+    if not chosen:
+        raise ValueError(f"lora_config targets {targets}, but the backbone has no such linear layers.")
+    for name in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = backbone.get_submodule(parent_name) if parent_name else backbone
+        base = getattr(parent, child)
+        layer = LoraLinear(base, r, alpha).to(device=base.weight.device, dtype=base.weight.dtype)
+        setattr(parent, child, layer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub helpers: the era-adapters library's push (when installed) and the card written without it
+# ---------------------------------------------------------------------------------------------
+
+
+def _library_push_adapter() -> Callable[..., Any] | None:
+    """`push_adapter` of the era-adapters library, found through its entry point (no import by name):
+    None when the library is not installed."""
+    for entry in importlib.metadata.entry_points(group="era_adapters", name="push_adapter"):
+        try:
+            return entry.load()
+        except ImportError:
+            return None
+    return None
+
+
+def minimal_model_card(config: EraConfig, repo_id: str) -> str:
+    """A model card written from the config alone, for uploads made without the era-adapters library."""
+    def yaml_value(value: Any) -> str:
+        return json.dumps(value)  # JSON is YAML
+
+    base_model = config.query_encoder if config.query_encoder and "/" in config.query_encoder and \
+        not os.path.exists(config.query_encoder) else None
+    metadata = {"library_name": "transformers", "pipeline_tag": "feature-extraction",
+                "tags": ["era", "retrieval", "embedding-adapter", f"doc-encoder:{config.doc_encoder}"]}
+    if base_model:
+        metadata["base_model"] = base_model
+    header = "\n".join(f"{key}: {yaml_value(value)}" for key, value in metadata.items())
+    instruction = f", instruction={config.default_instruction!r}" if "{instruction}" in config.prompt_template else ""
+    return f"""---
+{header}
+---
+
+# {repo_id}
+
+An ERA adapter ("Align then Train: Efficient Retrieval Adapter Learning", arXiv 2604.03403): queries go through
+`{config.query_encoder}`, then a small `{config.adapter_type}` adapter maps them into the {config.doc_dim}-d space
+of `{config.doc_encoder}`, so they can search an index built with that doc encoder, without re-indexing.
+
+```python
+from transformers import AutoModel
+
+query_encoder = AutoModel.from_pretrained({json.dumps(repo_id)}, trust_remote_code=True)
+query_encoder.check_doc_encoder({json.dumps(config.doc_encoder)}, dim=index.d)  # refuses another encoder's index
+vectors = query_encoder.encode_queries(["your query"]{instruction})  # search the index with these
+```
+
+Prompt template: `{config.prompt_template}`. The training recipe and metadata are in `config.json`
+(`training_metadata`).
+
+> Note: this card was written by the adapter's own code because the era-adapters library was not
+> installed when it was uploaded, so it lacks the training details and evaluation results. Install
+> era-adapters and upload again (`model.push_to_hub(...)` or `era-push FOLDER --repo-id ...`) for the full card.
+"""

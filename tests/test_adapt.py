@@ -17,21 +17,17 @@ from transformers import AutoModel
 
 from modeling_era import EraAdapter, EraConfig
 from tiny_models import WORDS, make_tiny_bert
-from training.evaluate import evaluate
-from training.adapt import (
-    adapt,
-    checkpoint_folder,
-    contrastive_loss,
-    in_batch_mask,
-    mine_hard_negatives,
-    pair_weights,
-    task_ndcg,
-    TaskView,
-)
-from training.align import align
-from training.cache import EmbeddingCache
-from training.data import load_tasks, make_split
-from training.encoders import TextEncoder
+from era_adapters.adapt import adapt
+from era_adapters.align import align
+from era_adapters.cache import EmbeddingCache
+from era_adapters.data import load_tasks
+from era_adapters.encoders import TextEncoder
+from era_adapters.evaluate import evaluate
+from era_adapters.loop import checkpoint_folder
+from era_adapters.losses import contrastive_loss, in_batch_mask, pair_weights
+from era_adapters.mining import mine_hard_negatives
+from era_adapters.splits import make_split
+from era_adapters.supervision import TaskView, task_ndcg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -257,7 +253,7 @@ def test_bad_arguments(setup, tmp_path):
         run(setup, tmp_path / "x", init=None)
     with pytest.raises(ValueError, match="--query-encoder"):
         run(setup, tmp_path / "x", mode="adapt", init=None)
-    with pytest.raises(TypeError, match="unknown hyper-parameters"):
+    with pytest.raises(TypeError, match="unknown option 'temprature'; did you mean 'temperature'"):
         run(setup, tmp_path / "x", temprature=0.1)
     with pytest.raises(ValueError, match="differs"):
         run(setup, tmp_path / "x", doc_encoder=str(setup / "q"))
@@ -273,14 +269,14 @@ RESUMABLE = {"epochs": 6, "patience": 100, "remine_every": 2, "l2_to_init": 0.01
 KILL_AFTER_EPOCH_3 = textwrap.dedent(
     """
     import json, os, signal, sys
-    import training.loop as loop
+    import era_adapters.loop as loop
     save = loop._save_checkpoint
     def save_then_die(path, model, optimizer, scheduler, state, *rest):
         save(path, model, optimizer, scheduler, state, *rest)
         if state["epoch"] == 3:
             os.kill(os.getpid(), signal.SIGKILL)  # a kill right after a finished checkpoint
     loop._save_checkpoint = save_then_die
-    from training.adapt import adapt
+    from era_adapters.adapt import adapt
     args = json.loads(sys.argv[1])
     adapt(args.pop("data"), **args)
     """
@@ -308,7 +304,7 @@ def test_kill_and_resume_gives_the_uninterrupted_adapter(setup, tmp_path):
     # A leftover checkpoint of another run is refused; leftovers without a checkpoint are replaced.
     (folder / "checkpoint.pt").parent.mkdir()
     (folder / "checkpoint.pt").write_bytes(b"")
-    (folder / "adapt-settings.json").write_text(json.dumps({"settings": {}}))
+    (folder / "run.json").write_text(json.dumps({"settings": {}}))
     with pytest.raises(ValueError, match="other settings"):
         adapt(setup / "data", output=tmp_path / "resumed", **options)
     (folder / "checkpoint.pt").unlink()

@@ -18,7 +18,7 @@ from transformers import AutoModel
 
 from modeling_era import EraAdapter, EraConfig
 from tiny_models import make_tiny_bert, write_task
-from training.align import (
+from era_adapters.align import (
     align,
     choose_ridge,
     fit_gradient,
@@ -26,7 +26,7 @@ from training.align import (
     ridge_statistics,
     set_from_linear,
 )
-from training.loop import LoopConfig
+from era_adapters.loop import LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

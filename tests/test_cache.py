@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from tiny_models import WORDS, make_tiny_bert
-from training.cache import CorruptShardError, EmbeddingCache, embed_queries, embed_texts, ensure_embedded
-from training.encoders import TextEncoder
+from era_adapters.cache import CorruptShardError, EmbeddingCache, embed_queries, embed_texts, ensure_embedded
+from era_adapters.encoders import TextEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,8 +202,8 @@ EXTRACT = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np
-    from training.cache import EmbeddingCache, embed_texts
-    from training.encoders import TextEncoder
+    from era_adapters.cache import EmbeddingCache, embed_texts
+    from era_adapters.encoders import TextEncoder
     model, cache_dir, texts_file, out, delay = sys.argv[1:6]
     texts = json.loads(open(texts_file).read())
     encoder = TextEncoder(model, cache_dir=cache_dir)
@@ -298,7 +298,7 @@ def test_two_processes_write_one_cache_equal_to_one_process(tiny, tmp_path):
     assert docs_two["processes"] == 2 and docs_two["encoded"] == 70 and 0 < docs_two["encoded_here"] < 70
     assert [row["unique"] for row in summaries["one"]] == [70, 24]  # queries with and without instruction
 
-    from training.data import load_tasks
+    from era_adapters.data import load_tasks
 
     task = load_tasks(data, cache_dir=tmp_path / "datasets")[0]
     texts = list(task.doc_texts) + [q.query for q in task.queries] + [f"find the code {q.query}" for q in task.queries]

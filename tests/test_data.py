@@ -1,4 +1,4 @@
-"""training.data: loading both layouts (jsonl, jsonl.gz, parquet, Hub), validation messages, and the
+"""era_adapters.data: loading both layouts (jsonl, jsonl.gz, parquet, Hub), validation messages, and the
 seeded label-budget splits of DESIGN.md "Evaluation protocol"."""
 from __future__ import annotations
 
@@ -16,16 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.data import (
-    DataError,
-    Query,
-    Task,
-    TaskSplit,
-    cap_corpus,
-    load_task,
-    load_tasks,
-    make_split,
-)
+from era_adapters.data import DataError, Query, Task, cap_corpus, load_task, load_tasks
+from era_adapters.splits import TaskSplit, make_split
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -468,7 +460,7 @@ def test_split_is_deterministic_seed_sensitive_and_independent_of_file_order() -
 
 def test_split_is_identical_across_processes() -> None:
     script = (
-        "import json, datasets; from training.data import Query, Task, make_split\n"
+        "import json, datasets; from era_adapters.data import Query, Task; from era_adapters.splits import make_split\n"
         "queries = [Query(f'q{i:04d}', 'x', '', {'d0': 1}) for i in range(120)]\n"
         "task = Task('toy', 'unknown', ['d0'], datasets.Dataset.from_dict({'id': ['d0'], 'doc': ['t']}), queries)\n"
         "print(json.dumps(make_split(task, seed=7).to_dict()))\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.demo import run
+from era_adapters.demo import run
 
 pytestmark = pytest.mark.slow
 

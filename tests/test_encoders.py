@@ -17,9 +17,9 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from tiny_models import make_tiny_bert
-from training import models
-from training.encoders import TextEncoder, choose_prompt_template, read_sentence_transformers_config
-from training.models import (
+from era_adapters import models
+from era_adapters.encoders import TextEncoder, choose_prompt_template, read_sentence_transformers_config
+from era_adapters.models import (
     MINILM_ID,
     MPNET_ID,
     ModelNotAvailableError,

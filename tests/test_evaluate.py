@@ -9,8 +9,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from modeling_era import EraConfig, EraQueryEncoder
 from tiny_models import make_tiny_bert, write_task
-from training.artifacts import save_query_encoder
-from training.evaluate import evaluate, main
+from era_adapters.artifacts import save_query_encoder
+from era_adapters.cli import evaluate_main
+from era_adapters.evaluate import evaluate
 
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
@@ -143,6 +144,6 @@ def test_bad_inputs(tmp_path, encoders):
 
 def test_command_line(tmp_path, encoders, capsys):
     write_task(tmp_path / "data" / "tiny")
-    main(["--data", str(tmp_path / "data"), "--system", "doc2doc", "--doc-encoder", encoders[1],
-          "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")])
+    assert evaluate_main(["--data", str(tmp_path / "data"), "--system", "doc2doc", "--doc-encoder", encoders[1],
+                          "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")]) == 0
     assert "| doc2doc | 1.0000 | 1.0000 |" in capsys.readouterr().out

@@ -18,12 +18,12 @@ from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
 from test_adapt import FAST, write_synonym_task
 from test_modeling import INSTRUCTION, LOAD_WITHOUT_PACKAGE, QUERIES
 from tiny_models import make_tiny_bert, write_task
-from training.adapt import adapt
-from training.align import align
-from training.artifacts import query_side_encoder
-from training.cache import embed_texts
-from training.encoders import FusedEncoder, TextEncoder
-from training.evaluate import evaluate
+from era_adapters.adapt import adapt
+from era_adapters.align import align
+from era_adapters.artifacts import query_side_encoder
+from era_adapters.cache import embed_texts
+from era_adapters.encoders import FusedEncoder, TextEncoder
+from era_adapters.evaluate import evaluate
 
 STRONG_DIM, LIGHT_DIM = 32, 16
 

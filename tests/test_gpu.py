@@ -20,7 +20,7 @@ from test_adapt import FAST, write_synonym_task
 from test_fusion import fusion_encoder
 from test_modeling import FAMILIES, INSTRUCTION, QUERIES, make_encoder
 from tiny_models import make_tiny_bert
-from training.encoders import TextEncoder
+from era_adapters.encoders import TextEncoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI has none")
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +63,8 @@ def test_text_encoder_picks_half_precision_on_the_gpu(models):
 
 TRAIN = """
 import json, sys
-from training.adapt import adapt
-from training.align import align
+from era_adapters.adapt import adapt
+from era_adapters.align import align
 args = json.loads(sys.argv[1])
 root = args.pop("root")
 align(root + "/data", query_encoder=args["q"], doc_encoder=args["d"], output=root + "/align", adapter=args["adapter"],

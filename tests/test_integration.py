@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.evaluate import evaluate
+from era_adapters.evaluate import evaluate
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ from transformers import AutoModel, AutoTokenizer
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder, IncompatibleDocEncoderError
 from tiny_models import make_tiny_bert
-from training.artifacts import save_query_encoder
-from training.encoders import TextEncoder
-from training.export import export_sentence_transformer, st_prompt
-from training.mteb_wrapper import EraMtebModel
+from era_adapters.artifacts import save_query_encoder
+from era_adapters.encoders import TextEncoder
+from era_adapters.export import export_sentence_transformer, st_prompt
+from era_adapters.mteb_wrapper import EraMtebModel
 
 QUERIES = ["find python code", "how to search a vector index " * 6, "a", "return the list value"]
 DOCS = ["def search(index, vector): return index.search(vector)", "the data file", "model embedding text"]

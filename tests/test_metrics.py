@@ -1,4 +1,4 @@
-"""training.metrics: hand-computed cases, exact agreement with pytrec_eval, errors, the
+"""era_adapters.metrics: hand-computed cases, exact agreement with pytrec_eval, errors, the
 `evaluate` module (offline), and the paired significance test."""
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from training.metrics import (
+from era_adapters.metrics import (
+    EVALUATE_MODULE,
     METRIC_NAMES,
     mean_metrics,
     mean_metrics_ranked,
@@ -318,9 +317,9 @@ def test_evaluate_module_offline_matches_function(tmp_path):
         HTTPS_PROXY="http://127.0.0.1:9",
         NO_PROXY="",
     )
-    env.pop("PYTHONPATH", None)  # the module must find `training` on its own
+    env.pop("PYTHONPATH", None)  # the module must find the installed library on its own
     proc = subprocess.run(
-        [sys.executable, str(tmp_path / "script.py"), str(REPO_ROOT / "training" / "retrieval_metric"),
+        [sys.executable, str(tmp_path / "script.py"), EVALUATE_MODULE,
          str(tmp_path / "case.json"), str(tmp_path / "out.json")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )

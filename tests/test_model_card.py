@@ -11,7 +11,8 @@ from huggingface_hub import ModelCard
 
 from modeling_era import EraAdapter, EraConfig
 from tiny_models import make_tiny_bert
-from training.artifacts import render_model_card, save_query_encoder
+from era_adapters.artifacts import save_query_encoder
+from era_adapters.cards import render_model_card
 
 QUERY_ID, QUERY_REV = "sentence-transformers/all-mpnet-base-v2", "e8c3b32edf5434bc2275fc9bab85f82640a19130"
 DOC_ID, DOC_REV = "sentence-transformers/all-MiniLM-L6-v2", "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"

@@ -277,8 +277,8 @@ def test_lowercasing_query_encoders_match_the_training_encoder(tmp_path):
     from tiny_models import tiny_vocab
     from transformers import BertTokenizerFast
 
-    from training.artifacts import era_config, save_query_encoder
-    from training.encoders import TextEncoder
+    from era_adapters.artifacts import era_config, save_query_encoder
+    from era_adapters.encoders import TextEncoder
 
     folder = make_tiny_bert(tmp_path / "cased", hidden_size=32)
     BertTokenizerFast(vocab=tiny_vocab(), do_lower_case=False).save_pretrained(folder)  # capitals -> [UNK]

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_era import EraConfig, EraQueryEncoder
-from training.models import MINILM_ID, MPNET_ID, ModelNotAvailableError, resolve_model
+from era_adapters.models import MINILM_ID, MPNET_ID, ModelNotAvailableError, resolve_model
 
 SENTENCES = ["What causes scurvy?", "Retrieve the Python function that parses a date string.", "x"]
 

@@ -1,4 +1,4 @@
-"""Exact and approximate top-k search (training/search.py)."""
+"""Exact and approximate top-k search (era_adapters/search.py)."""
 from __future__ import annotations
 
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from training.search import ann_search, build_ann_index, exact_search, recall_against_exact
+from era_adapters.search import ann_search, build_ann_index, exact_search, recall_against_exact
 
 
 def brute_force(queries, docs, k):

@@ -20,8 +20,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
 from tiny_models import make_tiny_bert
-from training import push
-from training.artifacts import save_query_encoder
+from era_adapters import push
+from era_adapters.cli import push_main
+from era_adapters.artifacts import save_query_encoder
 
 REPO_ID = "someone/era-tiny"
 BACKBONE_ID = "tiny-org/query-backbone"
@@ -122,7 +123,7 @@ def test_cli_uploads_exactly_the_saved_folder_with_private_and_revision(saved_ad
     expected = folder_bytes(saved_adapter)
     assert set(expected) == SAVED_FILES  # the saved folder: config, weights, both code files, the card
 
-    code = push.main([str(saved_adapter), "--repo-id", REPO_ID, "--private", "--revision", "dev",
+    code = push_main([str(saved_adapter), "--repo-id", REPO_ID, "--private", "--revision", "dev",
                       "--token-env", "MY_HUB_TOKEN"])
 
     assert code == 0
@@ -148,7 +149,7 @@ def test_cli_token_from_the_usual_places_public_main_branch(saved_adapter, monke
     (saved_adapter / "__pycache__").mkdir()
     (saved_adapter / "__pycache__" / "modeling_era.cpython-311.pyc").write_bytes(b"\0")
 
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID]) == 0
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID]) == 0
 
     assert [name for name, _ in hub.calls] == ["create_repo", "upload_folder"]  # no branch for main
     assert hub.named("create_repo")[0]["private"] is None  # an existing repo keeps its visibility
@@ -168,7 +169,7 @@ def test_cli_refuses_incomplete_folders_before_any_hub_call(saved_adapter, monke
     del config["auto_map"]
     (saved_adapter / "config.json").write_text(json.dumps(config))
 
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID]) == 2
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID]) == 2
 
     assert hub.calls == []
     err = capfd.readouterr().err
@@ -196,19 +197,19 @@ def test_cli_without_a_token_says_how_to_log_in(saved_adapter, monkeypatch, tmp_
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID]) == 2
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID]) == 2
     assert "hf auth login" in capfd.readouterr().err and hub.calls == []
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID, "--token-env", "UNSET_VAR"]) == 2
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID, "--token-env", "UNSET_VAR"]) == 2
     assert "UNSET_VAR is not set" in capfd.readouterr().err and hub.calls == []
     # a dry run needs no token and calls nothing
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID, "--dry-run"]) == 0
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID, "--dry-run"]) == 0
     assert hub.calls == [] and "nothing uploaded" in capfd.readouterr().out
 
 
 def test_hub_errors_are_reported_with_the_token_scrubbed(saved_adapter, monkeypatch, capfd):
     HubRecorder(fail_with=RuntimeError(f"401 Unauthorized for token {SECRET}")).install(monkeypatch)
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID]) == 1
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID]) == 1
     out, err = capfd.readouterr()
     assert "401 Unauthorized" in err and "***" in err
     assert SECRET not in out + err
@@ -219,10 +220,10 @@ def test_update_card_renders_it_for_the_repo_id_and_leaves_the_folder_alone(save
     monkeypatch.setenv("HF_TOKEN", SECRET)
     before = folder_bytes(saved_adapter)
     assert REPO_ID not in before["README.md"].decode()
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID, "--dry-run"]) == 0
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID, "--dry-run"]) == 0
     assert "--update-card" in capfd.readouterr().err  # the stale usage snippet is pointed out
 
-    assert push.main([str(saved_adapter), "--repo-id", REPO_ID, "--update-card"]) == 0
+    assert push_main([str(saved_adapter), "--repo-id", REPO_ID, "--update-card"]) == 0
 
     assert folder_bytes(saved_adapter) == before
     assert set(hub.uploaded) == SAVED_FILES
@@ -281,13 +282,20 @@ def test_inherited_push_to_hub_uploads_the_era_card(tiny_backbone, monkeypatch):
     assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in card.text
 
 
-def test_push_to_hub_without_the_training_package_says_what_to_install(tiny_backbone, monkeypatch):
+def test_push_to_hub_without_the_library_uploads_a_minimal_card_that_says_so(tiny_backbone, monkeypatch):
+    """A user with only the Hub folder (no era-adapters): transformers' own upload, with the card the
+    adapter's code writes itself, which names the encoders and says what it lacks."""
     hub = HubRecorder().install(monkeypatch)
-    monkeypatch.setitem(sys.modules, "training.push", None)  # as for a user who has only the Hub folder
+    monkeypatch.setattr(ModelCard, "load", classmethod(lambda *a, **k: (_ for _ in ()).throw(EntryNotFoundError("new"))))
+    monkeypatch.setitem(sys.modules, "era_adapters.push", None)  # the entry point cannot load: no library
     model = random_adapter(BACKBONE_ID, seed=1)
-    with pytest.raises(ImportError, match="pip install era-adapters"):
-        model.push_to_hub(REPO_ID, token=SECRET)
-    assert hub.calls == []
+    model.push_to_hub(REPO_ID, token=SECRET)
+    assert [name for name, _ in hub.calls] == ["create_repo", "create_commit"]
+    card = ModelCard(hub.uploaded["README.md"].decode())
+    assert "era-adapters library was not" in card.text and BACKBONE_ID in card.text
+    assert card.data.base_model == BACKBONE_ID and "era" in card.data.tags
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in card.text
+    assert {"config.json", "model.safetensors", "configuration_era.py", "modeling_era.py"} <= set(hub.uploaded)
 
 
 # ---------------------------------------------------------------------------------------------

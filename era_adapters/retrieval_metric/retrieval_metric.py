@@ -1,11 +1,12 @@
 """ERA retrieval metric for Hugging Face ``evaluate``: nDCG@k, Recall@k, MRR@10, MAP@100.
 
-Loads offline from this folder::
+Loads offline from this folder, which the era-adapters wheel installs::
 
     import evaluate
-    metric = evaluate.load("/path/to/repo/training/retrieval_metric")
+    from era_adapters.metrics import EVALUATE_MODULE
+    metric = evaluate.load(EVALUATE_MODULE)
 
-A thin wrapper: every number comes from ``training.metrics`` (one implementation, equal to
+A thin wrapper: every number comes from ``era_adapters.metrics`` (one implementation, equal to
 pytrec_eval / trec_eval to 1e-6). See ``RetrievalMetric`` for the input format.
 """
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-try:  # indented on purpose: evaluate's import scanner must not demand a pip package "training"
-    from training import metrics as _m
+try:  # indented on purpose: evaluate's import scanner must not demand a pip package "era_adapters"
+    from era_adapters import metrics as _m
 except ImportError as error:
     raise ImportError(
-        "retrieval_metric needs the ERA `training` package: `pip install -e <repo>` (see the README)"
+        "retrieval_metric needs the era-adapters library: `pip install era-adapters` (or `pip install .` in its repo)"
     ) from error
 
 
@@ -40,12 +41,12 @@ Args:
         {"doc_ids": [str, ...], "labels": [int, ...]} (the qrels of that query). Each query
         needs at least one label >= 1.
     gain: "linear" (default) or "exponential" nDCG gain.
-    metrics: list of metric names (default training.metrics.METRIC_NAMES), e.g. ["ndcg@10"].
+    metrics: list of metric names (default era_adapters.metrics.METRIC_NAMES), e.g. ["ndcg@10"].
     return_per_query: also return "per_query": {metric: [value per query]}.
 Returns:
     {metric: mean over queries (float)} (+ "per_query" when asked).
 Example:
-    >>> metric = evaluate.load("training/retrieval_metric")
+    >>> metric = evaluate.load(EVALUATE_MODULE)
     >>> metric.compute(predictions=[["d1", "d2"]],
     ...                references=[{"doc_ids": ["d2"], "labels": [1]}], metrics=["mrr@10"])
     {'mrr@10': 0.5}
@@ -69,7 +70,7 @@ class RetrievalMetric(evaluate.Metric):
     first example picks it). Queries are numbered in input order; scores are float64.
 
     ``compute(..., gain="linear"|"exponential", metrics=None, return_per_query=False)``
-    returns ``{metric: mean}``; all numbers come from ``training.metrics``.
+    returns ``{metric: mean}``; all numbers come from ``era_adapters.metrics``.
     """
 
     def _info(self):

@@ -144,7 +144,7 @@ class TextEncoder:
     """Embeds texts with a Hugging Face checkpoint; loads the weights lazily (a warm cache never does).
 
     Args:
-        model: Hub id, local folder, or a `ResolvedModel` (see `training.models.resolve_model`).
+        model: Hub id, local folder, or a `ResolvedModel` (see `era_adapters.models.resolve_model`).
         revision: Hub revision to resolve (ignored for a `ResolvedModel`).
         pooling / normalize / max_length: override what the sentence-transformers files say
             (defaults without them: mean pooling, normalised, the tokenizer's limit or 512).
@@ -375,7 +375,7 @@ class TextEncoder:
 class FusedEncoder:
     """The query side of a fusion adapter: a strong and a light encoder's embeddings side by side.
 
-    Both see the same prompt (the strong encoder's template). `training.cache.embed_texts` embeds each
+    Both see the same prompt (the strong encoder's template). `era_adapters.cache.embed_texts` embeds each
     part through its own cache and concatenates, `(n, strong.dim + light.dim)`: the input a fusion
     `EraAdapter` takes.
     """

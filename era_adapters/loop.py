@@ -3,12 +3,17 @@
 AdamW with linear warmup (in steps), a seeded data order, early stopping on a validation score with
 the best weights restored, a checkpoint after every epoch, and resume after a kill. Runs under
 Accelerate: one process on a CPU, DDP over many GPUs or nodes.
+
+Checkpoints live beside a stage's output (`checkpoint_folder`); `claim_checkpoint_folder` ties the
+folder to one run (its settings, data and starting weights), so a resume never mixes two runs.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -16,7 +21,10 @@ from typing import Any, Callable, Iterable
 import torch
 from accelerate import Accelerator
 
+from modeling_era.modeling_era import atomic_path, atomic_write
+
 CHECKPOINT_NAME = "checkpoint.pt"
+RUN_RECORD_FILE = "run.json"
 
 
 @dataclass
@@ -139,9 +147,8 @@ def _save_checkpoint(path, model, optimizer, scheduler, state, best_weights, con
         "state": json.dumps(state),
         "config": json.dumps(asdict(config)),
     }
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)  # a kill mid-write leaves the previous checkpoint intact
+    with atomic_path(path) as temporary:  # a kill mid-write leaves the previous checkpoint intact
+        torch.save(payload, temporary)
 
 
 def _load_checkpoint(path, model, optimizer, scheduler, config):
@@ -156,3 +163,39 @@ def _load_checkpoint(path, model, optimizer, scheduler, config):
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     return json.loads(payload["state"]), copy.deepcopy(payload["best_weights"])
+
+
+def checkpoint_folder(output: str | os.PathLike) -> Path:
+    """Where a stage keeps its per-epoch checkpoints: beside its output (a hidden folder), removed when done."""
+    output = Path(output)
+    return output.parent / f".{output.name}.checkpoints"
+
+
+def trainable_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of the trainable weights (what a run starts from; frozen parts are named by the config)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.named_parameters()):
+        if tensor.requires_grad:
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def claim_checkpoint_folder(folder: Path, record: dict[str, Any], accelerator: Accelerator) -> None:
+    """Tie `folder` to the run described by `record` (settings, data, starting weights): a checkpoint of
+    another run is refused, with the fields that differ; a folder without one is started afresh."""
+    path = folder / RUN_RECORD_FILE
+    record = json.loads(json.dumps(record))
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if saved is not None and saved != record and (folder / CHECKPOINT_NAME).is_file():
+        changed = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+        raise ValueError(
+            f"{folder} holds the checkpoint of a run with other settings ({', '.join(changed)}); "
+            "use another --output or delete that folder to start over."
+        )
+    accelerator.wait_for_everyone()
+    if saved != record and accelerator.is_main_process:  # nothing to resume: start this run's folder afresh
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(record, indent=1, sort_keys=True))
+    accelerator.wait_for_everyone()

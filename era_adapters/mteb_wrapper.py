@@ -2,7 +2,7 @@
 through the doc encoder, routed by mteb's `prompt_type`.
 
     import mteb
-    from training.mteb_wrapper import EraMtebModel
+    from era_adapters.mteb_wrapper import EraMtebModel
 
     model = EraMtebModel("someone/era-mpnet-to-minilm")          # adapter folder or Hub id (+ revision=...)
     results = mteb.evaluate(model, mteb.get_tasks(tasks=["SciFact"]))
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_era import EraQueryEncoder
-from training.encoders import TextEncoder
+from era_adapters.encoders import TextEncoder
 
 __all__ = ["EraMtebModel"]
 
@@ -75,7 +75,7 @@ class EraMtebModel:
         `doc_encoder`: a local copy (path) or a `TextEncoder`; default: the id and revision the adapter's
         config names (packaged offline copies as fallback, from the ERA cache `era_cache_dir`).
         `from_pretrained_kwargs` go to `EraQueryEncoder.from_pretrained` (e.g. `cache_dir`, `local_files_only`;
-        offline with the packaged models: `cache_dir=training.models.offline_hub_cache(), local_files_only=True`).
+        offline with the packaged models: `cache_dir=era_adapters.models.offline_hub_cache(), local_files_only=True`).
         """
         query_encoder = EraQueryEncoder.from_pretrained(model_name, revision=revision, **from_pretrained_kwargs)
         if device is not None:

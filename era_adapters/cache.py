@@ -29,12 +29,13 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from modeling_era.modeling_era import atomic_path, atomic_write
 
 from .models import cache_root
 
@@ -62,22 +63,15 @@ class CorruptShardError(OSError):
     """A shard no longer matches its manifest (truncated, altered); run the extraction again."""
 
 
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 def text_digest(text: str) -> bytes:
     """blake2b-128 of the exact text (UTF-8; lone surrogates kept): the cache key of one text."""
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=_DIGEST_BYTES).digest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ class EmbeddingCache:
 
     Reads are memory-mapped: `get` returns the embeddings of a list of texts (in order) as one float32
     array, `iter_chunks` yields them chunk by chunk without ever holding the whole corpus, and
-    `write_npy` streams them into one `.npy` file (memory-mappable, e.g. for `training.search`).
+    `write_npy` streams them into one `.npy` file (memory-mappable, e.g. for `era_adapters.search`).
     """
 
     def __init__(self, directory: str | os.PathLike, identity: dict[str, Any] | None = None) -> None:
@@ -145,7 +139,7 @@ class EmbeddingCache:
                         "Use EmbeddingCache.for_encoder(encoder) to get the right folder."
                     )
             else:
-                _atomic_write_bytes(identity_file, json.dumps(identity, indent=1, sort_keys=True).encode())
+                atomic_write(identity_file, json.dumps(identity, indent=1, sort_keys=True).encode())
         elif identity_file.is_file():
             identity = json.loads(identity_file.read_text(encoding="utf-8"))
         self.identity = identity
@@ -330,12 +324,10 @@ class EmbeddingCache:
         if self.dim is not None and vectors.shape[1] != self.dim:
             raise ValueError(f"vectors of width {vectors.shape[1]} in a cache of width {self.dim}.")
         shard_id = hashlib.blake2b(b"".join(digests), digest_size=12).hexdigest()
-        buffer = io.BytesIO()
-        np.save(buffer, vectors, allow_pickle=False)
-        data = buffer.getvalue()
+        data = _npy_bytes(vectors)
         sha = hashlib.sha256(data).hexdigest()
         file = f"{shard_id}.{sha[:12]}.npy"
-        _atomic_write_bytes(self.shards_dir / file, data)
+        atomic_write(self.shards_dir / file, data)
         manifest = {
             "format": FORMAT_VERSION,
             "shard": shard_id,
@@ -348,7 +340,7 @@ class EmbeddingCache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "text_blake2b": [d.hex() for d in digests],
         }
-        _atomic_write_bytes(self.manifests_dir / f"{shard_id}.json", json.dumps(manifest).encode())
+        atomic_write(self.manifests_dir / f"{shard_id}.json", json.dumps(manifest).encode())
         return shard_id
 
     # ------------------------------------------------------------------ reading
@@ -408,24 +400,20 @@ class EmbeddingCache:
 
     def write_npy(self, texts: Sequence[str], path: str | os.PathLike, chunk_size: int = 65536) -> np.ndarray:
         """Write the embeddings of `texts` (in order) to one `.npy` file, chunk by chunk; return it
-        memory-mapped read-only (e.g. a corpus for `training.search.exact_search`)."""
+        memory-mapped read-only (e.g. a corpus for `era_adapters.search.exact_search`)."""
         texts = list(texts)
         path = Path(path)
         where = self._locate_all(texts) if texts else np.empty(0, dtype=np.int64)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if not texts:
-            np.save(path, np.empty((0, self.dim or 0), dtype=np.float32))
+            atomic_write(path, _npy_bytes(np.empty((0, self.dim or 0), dtype=np.float32)))
             return np.load(path)
-        try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), self.dim or 0))
+        with atomic_path(path) as temporary:
+            out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(len(texts), self.dim or 0))
             for start in range(0, len(where), chunk_size):
                 out[start : start + chunk_size] = self._gather(where[start : start + chunk_size])
                 self._mmaps.clear()
             out.flush()
             del out
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return np.load(path, mmap_mode="r")
 
 

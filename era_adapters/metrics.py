@@ -37,9 +37,13 @@ run is empty (``run[qid] == {}``) scores 0 everywhere.
 
 ``paired_test`` is a paired two-sided randomisation (sign-flip) test for two systems scored
 on the same queries; numpy only, fixed seed.
+
+``EVALUATE_MODULE`` is the folder of the Hugging Face ``evaluate`` module that wraps these metrics
+(shipped in the wheel): ``evaluate.load(era_adapters.metrics.EVALUATE_MODULE)`` works offline.
 """
 from __future__ import annotations
 
+import importlib.resources
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, repeat
@@ -48,6 +52,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "EVALUATE_MODULE",
     "METRIC_NAMES",
     "per_query_metrics",
     "mean_metrics",
@@ -67,6 +72,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "map@100",
 )
 
+EVALUATE_MODULE = str(importlib.resources.files("era_adapters") / "retrieval_metric")
 Gain = Literal["linear", "exponential"]
 _METRIC_RE = re.compile(r"^(ndcg|recall|mrr|map)@([1-9][0-9]*)$")
 _MAX_LISTED = 5  # ids named in an error message

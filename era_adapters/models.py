@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from modeling_era.modeling_era import atomic_write
+
 __all__ = [
     "ModelNotAvailableError",
     "PACKAGED_MODELS",
@@ -113,15 +115,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
     """sha256 of a file, memoised under the cache by (real path, size, mtime) so big weights hash once."""
     path = Path(path).resolve()
@@ -139,7 +132,7 @@ def file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     with open(path, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(memo, digest)
+    atomic_write(memo, digest)
     return digest
 
 
@@ -456,9 +449,9 @@ def offline_hub_cache(
                 shutil.rmtree(tmp, ignore_errors=True)
         marker = {"model_id": canonical, "source": str(folder), "note": "snapshot names are content hashes, not commits"}
         if not (repo / _PACKAGED_MARKER).is_file():
-            _atomic_write_text(repo / _PACKAGED_MARKER, json.dumps(marker, indent=1))
+            atomic_write(repo / _PACKAGED_MARKER, json.dumps(marker, indent=1))
         (repo / "refs").mkdir(exist_ok=True)
         ref = repo / "refs" / "main"
         if not ref.is_file() or ref.read_text().strip() != commit:
-            _atomic_write_text(ref, commit)
+            atomic_write(ref, commit)
     return hub

@@ -15,6 +15,9 @@ Conventions (exact search):
 
 Approximate search (`build_ann_index` / `ann_search`) wraps faiss IVF-Flat and HNSW-Flat for large
 corpora; `recall_against_exact` reports their recall@k against `exact_search`.
+
+`drop_identical_ids` applies BEIR's `ignore_identical_ids` rule to a ranking, and `rank_for_queries`
+is the one search-then-rule path that the evaluation and stage 2's validation share.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import sys
 import faiss
 import numpy as np
 
-__all__ = ["exact_search", "build_ann_index", "ann_search", "recall_against_exact"]
+__all__ = ["exact_search", "build_ann_index", "ann_search", "recall_against_exact", "drop_identical_ids",
+           "rank_for_queries"]
 
 _IP = faiss.METRIC_INNER_PRODUCT
 # Largest (rows x chunk) block of full scores used to settle ties at the k-th place (~48 MB).
@@ -246,3 +250,32 @@ def recall_against_exact(ann_indices: np.ndarray, exact_indices: np.ndarray, k: 
         if truth:
             recalls.append(len(truth.intersection(a_row[a_row >= 0].tolist())) / len(truth))
     return float(np.mean(recalls)) if recalls else float("nan")
+
+
+# --------------------------------------------------------------------------- identical ids
+
+
+def drop_identical_ids(scores: np.ndarray, indices: np.ndarray, qids: list[str], doc_ids: list[str],
+                       k: int) -> tuple[np.ndarray, np.ndarray]:
+    """BEIR's `ignore_identical_ids`: a retrieved doc whose id equals the query's id does not count.
+    Returns the top `k` of each row without such docs (-inf / -1 where fewer remain)."""
+    retrieved_ids = np.asarray(doc_ids, dtype=object)[np.maximum(indices, 0)]
+    keep = (indices >= 0) & (retrieved_ids != np.asarray(qids, dtype=object)[:, None])
+    # Stable sort puts the kept columns first, in their ranked order; then cut to k.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(keep, order, axis=1)
+    return (
+        np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf).astype(np.float32),
+        np.where(kept, np.take_along_axis(indices, order, axis=1), -1),
+    )
+
+
+def rank_for_queries(query_vectors: np.ndarray, doc_vectors: np.ndarray, k: int, *, qids: list[str],
+                     doc_ids: list[str], ignore_identical_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-`k` (scores, rows) of each query over `doc_vectors`, with a task's identical-id rule
+    applied (one extra result is fetched when a query's own document may have to be dropped)."""
+    depth = min(k + int(ignore_identical_ids), len(doc_ids))
+    scores, indices = exact_search(query_vectors, doc_vectors, depth)
+    if ignore_identical_ids:
+        scores, indices = drop_identical_ids(scores, indices, qids, doc_ids, k)
+    return scores, indices

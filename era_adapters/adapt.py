@@ -1,0 +1,380 @@
+"""Stage 2, supervised adaptation: train the adapter further on a few (query, relevant document) pairs.
+
+    accelerate launch training/adapt.py --data DIR [--tasks ...] --label-budget 0.2 \
+        --mode both --init OUT_ALIGN --output OUT                      # ERA: aligned start
+    accelerate launch training/adapt.py --data DIR [--tasks ...] --label-budget 0.2 \
+        --mode adapt --query-encoder Q --doc-encoder D --output OUT    # labels only, neutral start
+
+What it does (docs/method.md, "Stage 2 in detail"):
+
+* Labels come from each task's seeded split (`era_adapters.splits.make_split`, the split evaluation
+  uses): the training part at `--label-budget` gives the pairs, its validation part drives early
+  stopping on nDCG@10, the test part is never read (`era_adapters.supervision`).
+* Training runs on cached pooled Q vectors and cached D vectors of the (capped) corpus, so an epoch
+  costs only adapter math (with `--lora` the backbone runs too: `era_adapters.lora`).
+* Loss: InfoNCE (`era_adapters.losses.contrastive_loss`) over every (query, positive) pair against the
+  query's mined hard negatives (`era_adapters.mining`, re-mined every `--remine-every` epochs) and the
+  in-batch negatives; for `both`, plus the alignment loss on stage 1's unlabeled texts
+  (`--align-weight`, default 2) and optionally an L2 pull toward the starting weights (`--l2-to-init`).
+  These defaults were measured (docs/results.md, "Regulariser study"). `adapt`, the labels-only
+  baseline, uses neither regulariser: nothing of stage 1 may leak into it.
+* `era_adapters.loop.train`: AdamW, seeded batches, early stopping with the best weights restored, a
+  checkpoint after every epoch beside the output and resume after a kill (the mined negatives are
+  kept too, so a resumed run equals an uninterrupted one).
+* DDP through Accelerate: every process holds the cached vectors and the global batch's indices, so
+  the in-batch negatives of the *global* batch need no communication; each process's loss is scaled so
+  that DDP's gradient average equals the one-process gradient. Several CPU processes: `accelerate
+  launch --multi_gpu --num_processes N` (torchrun, gloo).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch import nn
+
+from modeling_era import EraAdapter, EraConfig
+from era_adapters.arguments import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, DataArguments, Range, Settings,
+                                    option, split_options)
+from era_adapters.artifacts import adapter_input_dim, era_config, query_side_encoder, save_query_encoder
+from era_adapters.data import load_tasks
+from era_adapters.encoders import TextEncoder, choose_prompt_template
+from era_adapters.lora import LoraQueries, build_lora_model, default_lora_config, save_lora_query_encoder
+from era_adapters.loop import (LoopConfig, LoopResult, checkpoint_folder, claim_checkpoint_folder, local_rows,
+                               seeded_batches, train, trainable_fingerprint)
+from era_adapters.losses import alignment_loss, contrastive_loss, l2_to_start, pair_weights
+from era_adapters.mining import Negatives
+from era_adapters.supervision import VALIDATION_METRIC, AdaptData, CachedQueries, load_adapt_data, task_ndcg
+
+logger = logging.getLogger(__name__)
+
+MODES = ("both", "adapt")
+# Regularisation toward the alignment per mode, unless set (measured: docs/results.md). `adapt` is the
+# labels-only baseline: nothing from stage 1 may leak into it.
+MODE_ALIGN_WEIGHT = {"both": 2.0, "adapt": 0.0}
+_ALIGN_SAMPLE_STREAM = 6  # numpy SeedSequence stream of the regulariser's per-step text sample
+
+
+@dataclass(kw_only=True)
+class AdaptSettings(Settings):
+    """Everything that shapes the training (recorded in the metadata; a resumed run must match it)."""
+
+    temperature: float = option(0.05, help="InfoNCE temperature", valid=POSITIVE)
+    batch_size: int = option(32, help="training queries per global batch (all their positives are used)",
+                             valid=AT_LEAST_ONE)
+    num_negatives: int = option(8, help="mined hard negatives per query", valid=NON_NEGATIVE)
+    remine_every: int = option(1, help="re-mine the hard negatives every K epochs; 0: mine once",
+                               valid=NON_NEGATIVE)
+    near_duplicate_ratio: float = option(0.95, help="a document scoring at least this share of the weakest "
+                                                    "positive's score is a near-duplicate, not a negative",
+                                         valid=FRACTION)
+    mine_depth: int = option(1000, help="deepest search when many candidates are excluded", valid=AT_LEAST_ONE)
+    in_batch_negatives: bool = option(True, help="use the other queries' positives as negatives")
+    graded: bool = option(False, help="weight a query's positives by relevance grade instead of uniformly")
+    l2_to_init: float = option(0.0, help="λ of the L2 pull 0.5·λ·||θ − θ_start||²", valid=NON_NEGATIVE)
+    align_weight: float | None = option(None, help=f"weight of the alignment loss on unlabeled texts "
+                                                   f"(default by mode: {MODE_ALIGN_WEIGHT})", valid=NON_NEGATIVE)
+    align_texts: int = option(1000, help="unlabeled documents per task for that loss (stage 1's sample)",
+                              valid=NON_NEGATIVE)
+    align_batch_size: int = option(64, help="unlabeled texts per step", valid=AT_LEAST_ONE)
+    epochs: int = option(30, help="most training epochs", valid=AT_LEAST_ONE)
+    lr: float = option(1e-3, help="AdamW learning rate", valid=NON_NEGATIVE)
+    weight_decay: float = option(0.0, help="AdamW's decay toward zero", valid=NON_NEGATIVE)
+    warmup_steps: int = option(0, help="linear warm-up steps", valid=NON_NEGATIVE)
+    patience: int = option(5, help="epochs without a better validation score before stopping", valid=AT_LEAST_ONE)
+    max_grad_norm: float | None = option(1.0, help="gradient clipping norm (None: off)", valid=POSITIVE)
+    seed: int = option(0, help="seed of the start (adapt mode), batch order and LoRA init", valid=NON_NEGATIVE)
+
+    def for_mode(self, mode: str) -> AdaptSettings:
+        """These settings with the mode's default filled in where none was given."""
+        return replace(self, align_weight=MODE_ALIGN_WEIGHT[mode] if self.align_weight is None else self.align_weight)
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                          warmup_steps=self.warmup_steps, patience=self.patience, seed=self.seed,
+                          max_grad_norm=self.max_grad_norm)
+
+
+@dataclass(kw_only=True)
+class AdaptArguments(DataArguments):
+    """What stage 2 runs on and where its adapter goes."""
+
+    output: str = option(help="folder for the adapted EraQueryEncoder")
+    label_budget: float = option(help="fraction of each task's labeled queries used (training + validation)",
+                                 valid=FRACTION)
+    mode: Literal["both", "adapt"] = option("both", help="both: ERA, from the stage-1 adapter (--init); "
+                                                         "adapt: labels only, from a neutral adapter")
+    init: str | None = option(None, help="stage-1 adapter folder (training/align.py --output), for --mode both")
+    query_encoder: str | None = option(None, help="query encoder, for --mode adapt (both: from --init)")
+    doc_encoder: str | None = option(None, help="doc encoder, for --mode adapt (both: from --init)")
+    adapter: Literal["linear", "low_rank", "mlp", "fusion"] = option("linear", help="adapter family (--mode adapt)")
+    adapter_rank: int = option(64, help="rank of the low_rank family", valid=AT_LEAST_ONE)
+    adapter_hidden_dim: int = option(1024, help="hidden width of the mlp family", valid=AT_LEAST_ONE)
+    prompt_template: str | None = option(None, help="query prompt for --mode adapt (default as training/align.py: "
+                                                    "by the encoder's kind)")
+    default_instruction: str = option("", help="instruction used when a query has none")
+    split_seed: int = option(0, help="seed of the split and the corpus cap (as evaluate's)", valid=NON_NEGATIVE)
+    max_docs: int | None = option(None, help="cap each corpus exactly as training/evaluate.py does",
+                                  valid=AT_LEAST_ONE)
+    embed_batch_size: int = option(32, help="texts per batch when embedding", valid=AT_LEAST_ONE)
+    lora: bool = option(False, help="also train a LoRA on the query backbone (peft)")
+    lora_r: int = option(8, help="LoRA rank", valid=AT_LEAST_ONE)
+    lora_alpha: int = option(16, help="LoRA alpha", valid=AT_LEAST_ONE)
+    lora_dropout: float = option(0.0, help="LoRA dropout", valid=Range(0, 1, open_high=True))
+    lora_targets: list[str] | None = option(None, help="module names for the LoRA (default: the attention "
+                                                       "query/value projections)")
+
+
+@dataclass
+class StepBatch:
+    global_rows: torch.Tensor  # the global batch's training queries
+    local_rows: torch.Tensor  # this process's share
+    align_global: int  # unlabeled texts in the global step (for the normaliser)
+    align_local: torch.Tensor | None
+
+
+def train_adapter(
+    model: nn.Module,
+    data: AdaptData,
+    settings: AdaptSettings,
+    *,
+    accelerator: Accelerator,
+    queries: Any,
+    checkpoint_dir: Path | None = None,
+) -> tuple[LoopResult, Negatives]:
+    """Run the contrastive training of `model` (in place; best validation epoch restored)."""
+    device = accelerator.device
+    docs = torch.from_numpy(data.doc_vectors).to(device)
+    positives = torch.from_numpy(data.positives).to(device)
+    weights = pair_weights(positives, torch.from_numpy(data.grades).to(device) if settings.graded else None)
+    start = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    negatives = Negatives(settings, data, queries, accelerator, checkpoint_dir)
+    n_train, n_align = len(data.train_qids), len(data.align_texts)
+    use_align = settings.align_weight > 0 and n_align > 0
+    world = accelerator.num_processes
+
+    def batches(epoch: int):
+        groups = seeded_batches(n_train, settings.batch_size, settings.seed, epoch)
+        generator = np.random.default_rng([_ALIGN_SAMPLE_STREAM, settings.seed, epoch])
+        for group in groups:
+            align_global, align_local = 0, None
+            if use_align:
+                sample = torch.from_numpy(generator.choice(n_align, min(n_align, settings.align_batch_size), replace=False))
+                align_global, align_local = len(sample), local_rows(sample, accelerator).to(device)
+            yield StepBatch(group.to(device), local_rows(group, accelerator).to(device), align_global, align_local)
+
+    def loss_fn(wrapped: nn.Module, batch: StepBatch) -> torch.Tensor:
+        local = batch.local_rows
+        adapted, aligned = queries.encode(wrapped, local, batch.align_local)
+        negative_rows = torch.from_numpy(negatives.rows).to(device)[local]
+        pool_rows = None
+        if settings.in_batch_negatives:
+            pool_rows = torch.unique(positives[batch.global_rows][positives[batch.global_rows] >= 0])
+        # Local sums over the global count, times the world size: DDP's average is the global mean.
+        loss = contrastive_loss(adapted, docs, positives[local], negative_rows, pool_rows, weights[local],
+                                temperature=settings.temperature, normaliser=len(batch.global_rows) / world)
+        if aligned is not None:
+            loss = loss + settings.align_weight * alignment_loss(
+                aligned, align_targets[batch.align_local], "cosine", normaliser=batch.align_global / world)
+        if settings.l2_to_init > 0:  # the same value on every process, so DDP's average leaves it as is
+            loss = loss + 0.5 * settings.l2_to_init * l2_to_start(accelerator.unwrap_model(wrapped), start)
+        return loss
+
+    align_targets = torch.from_numpy(data.align_targets).to(device) if use_align else None
+
+    def validate(model_: nn.Module) -> float:
+        model_.eval()
+        scores = [task_ndcg(view, data.doc_vectors, queries.validation(model_, index))
+                  for index, view in enumerate(data.tasks) if view.val_qids]
+        score = float(np.mean(scores)) if scores else float("nan")
+        if world > 1:
+            score = broadcast_object_list([score])[0]
+        return score
+
+    if checkpoint_dir is not None:
+        claim_checkpoint_folder(checkpoint_dir, _run_record(settings, data, model), accelerator)
+    result = train(model, batches_for_epoch=batches, loss_fn=loss_fn, validate=validate,
+                   config=settings.loop_config(), accelerator=accelerator, checkpoint_dir=checkpoint_dir,
+                   steps_per_epoch=math.ceil(n_train / settings.batch_size), on_epoch_start=negatives.on_epoch_start)
+    return result, negatives
+
+
+def _run_record(settings: AdaptSettings, data: AdaptData, model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: settings, data and starting weights."""
+    return {
+        "settings": settings.to_dict(),
+        "tasks": [view.name for view in data.tasks],
+        "train_qids": hashlib.sha256(json.dumps(data.train_qids).encode()).hexdigest(),
+        "val_qids": hashlib.sha256(json.dumps([v.val_qids for v in data.tasks]).encode()).hexdigest(),
+        "docs": [len(view.doc_ids) for view in data.tasks],
+        "start": trainable_fingerprint(model),
+    }
+
+
+def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, TextEncoder, TextEncoder, dict[str, Any]]:
+    mode, init, query_encoder, doc_encoder = args.mode, args.init, args.query_encoder, args.doc_encoder
+    cache_dir, embed_batch_size, prompt_template = args.cache_dir, args.embed_batch_size, args.prompt_template
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: choose 'both' (from --init) or 'adapt' (labels only).")
+    if mode == "both":
+        if init is None:
+            raise ValueError("--mode both starts from the stage-1 adapter: pass --init OUT_ALIGN.")
+        config = EraConfig.from_pretrained(init)
+        model = EraAdapter.from_pretrained(init)
+        for given, expected, side in ((query_encoder, config.query_encoder, "query"), (doc_encoder, config.doc_encoder, "doc")):
+            if given is not None and str(given) != str(expected):
+                raise ValueError(f"--{side}-encoder {given} differs from the {side} encoder of {init} ({expected}).")
+        q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
+        d_encoder = TextEncoder(config.doc_encoder, revision=config.doc_encoder_revision, cache_dir=cache_dir,
+                                batch_size=embed_batch_size)
+        start = {"init": str(init), "init_mode": config.training_metadata.get("mode"),
+                 "init_recipe": config.training_metadata.get("recipe", {}).get("summary"),
+                 "prompt": config.training_metadata.get("prompt", {"template": config.prompt_template,
+                                                                   "chosen_by": f"stage 1 ({init})"})}
+    else:
+        if init is not None:
+            raise ValueError("--mode adapt starts from a neutral adapter; --init belongs to --mode both.")
+        if query_encoder is None or doc_encoder is None:
+            raise ValueError("--mode adapt needs --query-encoder and --doc-encoder.")
+        q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
+        prompt = choose_prompt_template(q_encoder, prompt_template)
+        q_encoder.query_template = prompt_template = prompt["template"]
+        d_encoder = TextEncoder(doc_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
+        config = era_config(q_encoder, d_encoder, adapter_type=args.adapter, prompt_template=prompt_template,
+                            default_instruction=args.default_instruction, adapter_rank=args.adapter_rank,
+                            adapter_hidden_dim=args.adapter_hidden_dim)  # fusion: gate 0, i.e. starts as D(q)
+        torch.manual_seed(seed)  # the seeded random init when the dims differ
+        model = EraAdapter(config)
+        start = {"init": "identity" if config.query_dim == config.doc_dim else f"random (torch seed {seed})",
+                 "prompt": prompt}
+        if args.adapter == "fusion":
+            q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
+            start["init"] = f"fusion: light branch identity, gate 0, Q branch random (torch seed {seed})"
+    if d_encoder.dim != model.config.doc_dim or q_encoder.dim != adapter_input_dim(model.config):
+        raise ValueError(
+            f"the adapter maps {adapter_input_dim(model.config)}->{model.config.doc_dim} but the encoders give "
+            f"{q_encoder.dim} and {d_encoder.dim} dims."
+        )
+    return model, q_encoder, d_encoder, start
+
+
+def _summary(mode: str, config: EraConfig, settings: AdaptSettings, data: AdaptData, result: LoopResult,
+             lora: dict[str, Any] | None, budget: float) -> str:
+    start = "the stage-1 (aligned) adapter" if mode == "both" else "a neutral adapter (identity, or seeded random init)"
+    mining = f"re-mined every {settings.remine_every} epochs" if settings.remine_every else "mined once"
+    regs = []
+    if settings.l2_to_init:
+        regs.append(f"L2 toward the starting weights (λ={settings.l2_to_init:g})")
+    if settings.align_weight:
+        regs.append(f"alignment loss on {len(data.align_texts)} unlabeled texts (weight {settings.align_weight:g})")
+    n_val = sum(len(view.val_qids) for view in data.tasks)
+    text = (
+        f"{mode}: {config.adapter_type} adapter from {start}"
+        + (f" plus LoRA (r={lora['r']}) on the query backbone" if lora else "")
+        + f", trained with InfoNCE (τ={settings.temperature:g}) over all positives, {settings.num_negatives} "
+        f"faiss-mined hard negatives ({mining})" + (" and in-batch negatives" if settings.in_batch_negatives else "")
+        + (f"; {' and '.join(regs)}" if regs else "")
+        + f"; AdamW lr {settings.lr:g}, early stopping on validation nDCG@10 (best epoch {result.best_epoch}); "
+        f"{len(data.train_qids)} training + {n_val} validation labeled queries (label budget {budget:g})"
+    )
+    return text
+
+
+def adapt(data: str | os.PathLike, *, accelerator: Accelerator | None = None, **options: Any) -> EraAdapter:
+    """Run stage 2 from Python; `options` are the fields of `AdaptArguments` (output, label_budget, mode,
+    init, ...) and of `AdaptSettings` (temperature, epochs, lr, ...). Returns the trained adapter."""
+    run, hyper = split_options(options, AdaptArguments, AdaptSettings)
+    return run_adaptation(AdaptArguments(data=data, **run), AdaptSettings(**hyper), accelerator=accelerator)
+
+
+def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
+                   accelerator: Accelerator | None = None) -> EraAdapter:
+    """Run stage 2 and save the adapted query encoder to `args.output`; returns the trained adapter.
+    With a LoRA, the returned adapter is the adapter part; the LoRA weights are in the saved folder."""
+    settings = (settings or AdaptSettings()).for_mode(args.mode)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(settings.seed)
+    model, q_encoder, d_encoder, start = _starting_adapter(args, settings.seed)
+    if args.lora and model.config.adapter_type == "fusion":
+        raise ValueError("--lora is not supported with a fusion adapter (two query backbones); drop --lora.")
+    init_metadata = dict(model.config.training_metadata)
+    align_seed = int(init_metadata.get("seeds", {}).get("sample", settings.seed)) if args.mode == "both" else settings.seed
+    adapt_data = load_adapt_data(
+        load_tasks(args.data, args.tasks), label_budget=args.label_budget, split_seed=args.split_seed,
+        query_encoder=q_encoder, doc_encoder=d_encoder, max_docs=args.max_docs, cache_dir=args.cache_dir,
+        accelerator=accelerator, align_texts=settings.align_texts if settings.align_weight > 0 else 0,
+        align_seed=align_seed,
+    )
+    lora_config = None
+    if args.lora:
+        lora_config = default_lora_config(q_encoder, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
+        trained = build_lora_model(model, q_encoder, lora_config, settings.seed).to(accelerator.device)
+        queries = LoraQueries(adapt_data, accelerator.device, q_encoder.max_length, q_encoder.do_lower_case,
+                              batch_size=args.embed_batch_size)
+    else:
+        trained = model.to(accelerator.device)
+        queries = CachedQueries(adapt_data, accelerator.device)
+    folder = checkpoint_folder(args.output)
+    result, negatives = train_adapter(trained, adapt_data, settings, accelerator=accelerator, queries=queries,
+                                      checkpoint_dir=folder)
+    model = (trained.adapter if args.lora else trained).cpu().eval()
+    config = model.config
+    metadata: dict[str, Any] = {
+        "mode": args.mode,
+        "prompt": start.pop("prompt"),
+        "label_budget": args.label_budget,
+        "tasks": [view.name for view in adapt_data.tasks],
+        "seeds": {"split": args.split_seed, "train": settings.seed, "alignment_sample": align_seed},
+        "max_docs": args.max_docs,
+        "arguments": args.to_dict(),
+        "split": {
+            view.name: {
+                "protocol": view.split.protocol,
+                "n_labeled": view.split.n_labeled,
+                "train": [qid for qid, t in zip(adapt_data.train_qids, adapt_data.train_task) if t == index],
+                "val": view.val_qids,
+                "n_test": len(view.split.test_qids),
+                "test_sha256": hashlib.sha256(json.dumps(sorted(view.split.test_qids)).encode()).hexdigest(),
+            }
+            for index, view in enumerate(adapt_data.tasks)
+        },
+        "recipe": {
+            "summary": _summary(args.mode, config, settings, adapt_data, result, lora_config, args.label_budget),
+            "stage": "supervised adaptation (era_adapters.adapt)",
+            "start": start,
+            "hyperparameters": settings.to_dict(),
+            "lora": lora_config,
+            "validation_metric": VALIDATION_METRIC,
+            "curve": result.history,
+            "best_epoch": result.best_epoch,
+            "best_validation": result.best_score,
+            "mining_rounds": negatives.rounds,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "processes": accelerator.num_processes,
+        },
+    }
+    if args.mode == "both":
+        metadata["alignment"] = init_metadata.get("alignment", {})
+        metadata["alignment_recipe"] = init_metadata.get("recipe", {})
+    config.training_metadata = metadata
+    if accelerator.is_main_process:
+        if args.lora:
+            save_lora_query_encoder(trained, args.output)
+        else:
+            save_query_encoder(model, args.output)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("adapted query encoder saved to %s (validation nDCG@10 %.4f -> %.4f at epoch %d)", args.output,
+                    result.history[0]["validation"], result.best_score, result.best_epoch)
+    accelerator.wait_for_everyone()
+    return model

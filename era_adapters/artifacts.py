@@ -1,0 +1,124 @@
+"""What a training stage leaves behind: an EraQueryEncoder folder with a full config and a model card.
+
+Stages train an `EraAdapter` on cached embeddings; `save_query_encoder` turns it into the folder a
+user loads with `AutoModel.from_pretrained(folder, trust_remote_code=True)`. Folders are written
+beside their destination and swapped in whole (`modeling_era.modeling_era.atomic_folder`), so an
+interrupted save never replaces a good adapter with a broken one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
+from modeling_era.modeling_era import atomic_folder, atomic_write
+from era_adapters.cards import write_model_card
+from era_adapters.encoders import FusedEncoder, TextEncoder
+
+
+def era_config(
+    query_encoder: TextEncoder,
+    doc_encoder: TextEncoder,
+    *,
+    adapter_type: str = "linear",
+    prompt_template: str = "{instruction} {query}",
+    default_instruction: str = "",
+    training_metadata: dict[str, Any] | None = None,
+    light_encoder: TextEncoder | None = None,
+    **adapter_shape: Any,
+) -> EraConfig:
+    """An EraConfig that records the encoders exactly as they embed (ids, revisions, pooling...).
+
+    `light_encoder` (fusion only): the light query encoder of the second branch, normally the doc encoder.
+    """
+    if adapter_type == "fusion":
+        light_encoder = light_encoder or doc_encoder
+        if light_encoder.normalize != query_encoder.normalize:
+            raise ValueError(f"fusion needs both query encoders to agree on normalisation: {query_encoder!r} vs {light_encoder!r}.")
+        adapter_shape.update(
+            fusion_encoder=light_encoder.model_id, fusion_encoder_revision=light_encoder.revision,
+            fusion_dim=light_encoder.dim, fusion_pooling=light_encoder.pooling,
+            fusion_max_seq_length=light_encoder.max_length, fusion_lowercase_queries=light_encoder.do_lower_case,
+        )
+    return EraConfig(
+        query_encoder=query_encoder.model_id,
+        query_encoder_revision=query_encoder.revision,
+        doc_encoder=doc_encoder.model_id,
+        doc_encoder_revision=doc_encoder.revision,
+        query_dim=query_encoder.dim,
+        doc_dim=doc_encoder.dim,
+        adapter_type=adapter_type,
+        normalize_input=query_encoder.normalize,
+        normalize_output=True,
+        similarity="cosine" if doc_encoder.normalize else "dot",
+        pooling=query_encoder.pooling,
+        max_seq_length=query_encoder.max_length,
+        lowercase_queries=query_encoder.do_lower_case,
+        prompt_template=prompt_template,
+        default_instruction=default_instruction,
+        training_metadata=training_metadata or {},
+        **adapter_shape,
+    )
+
+
+def query_side_settings(config: EraConfig, light: bool = False) -> dict[str, Any]:
+    """TextEncoder arguments that embed queries exactly as an adapter with this config expects them
+    (`light`: a fusion adapter's light query encoder, which sees the same prompt)."""
+    prefix = "fusion_" if light else ""
+    return {
+        "model": config.fusion_encoder if light else config.query_encoder,
+        "revision": config.fusion_encoder_revision if light else config.query_encoder_revision,
+        "pooling": getattr(config, prefix + "pooling"),
+        "normalize": config.normalize_input,
+        "max_length": getattr(config, prefix + "max_seq_length"),
+        "query_template": config.prompt_template,
+    }
+
+
+def query_side_encoder(config: EraConfig, make: Callable[..., TextEncoder] = TextEncoder,
+                       **kwargs: Any) -> TextEncoder | FusedEncoder:
+    """What embeds queries exactly as an adapter with this config expects them: a TextEncoder, or for a
+    fusion adapter a FusedEncoder (strong + light). `make` builds each TextEncoder (e.g. a shared pool)."""
+    strong = make(**query_side_settings(config), **kwargs)
+    if config.adapter_type != "fusion":
+        return strong
+    return FusedEncoder(strong, make(**query_side_settings(config, light=True), **kwargs))
+
+
+def adapter_input_dim(config: EraConfig) -> int:
+    """Width of the (cached) query vectors an EraAdapter with this config takes."""
+    return config.query_dim + (config.fusion_dim if config.adapter_type == "fusion" else 0)
+
+
+def save_query_encoder(adapter: EraAdapter, output: str | os.PathLike, *, repo_id: str | None = None) -> Path:
+    """Save `adapter` as an EraQueryEncoder folder (backbone by reference) with its model card."""
+    model = EraQueryEncoder(adapter.config)
+    model.adapter.load_state_dict(adapter.adapter.state_dict())
+    return save_with_card(model, output, repo_id=repo_id)
+
+
+def save_with_card(model: EraQueryEncoder, output: str | os.PathLike, *, repo_id: str | None = None,
+                   num_parameters: int | None = None) -> Path:
+    """Write `model` and its model card to `output` as one crash-safe swap of the whole folder."""
+    output = Path(output)
+    with atomic_folder(output) as staging:
+        model.save_pretrained(staging)
+        write_model_card(staging, repo_id=repo_id or output.name, num_parameters=num_parameters)
+    return output
+
+
+def record_evaluation(folder: str | os.PathLike, evaluation: dict[str, dict[str, float]],
+                      settings: dict[str, Any]) -> None:
+    """Store test metrics ({task: {metric: value}}) and how they were measured in an adapter folder's
+    config.json (`training_metadata["evaluation"]`, `["evaluation_settings"]`) and re-render its card, so
+    the Hub shows them (model-index). The folder is swapped whole: config and card change together."""
+    folder = Path(folder)
+    config = EraConfig.from_pretrained(folder)
+    config.training_metadata["evaluation"] = evaluation
+    config.training_metadata["evaluation_settings"] = settings
+    with atomic_folder(folder) as staging:
+        shutil.copytree(folder, staging, copy_function=os.link, dirs_exist_ok=True)  # links: no data copied
+        atomic_write(staging / "config.json", config.to_json_string())
+        write_model_card(staging, repo_id=folder.name, config=config)

@@ -1,0 +1,364 @@
+"""Retrieval evaluation: ERA adapters and zero-shot baselines on the same test queries.
+
+    python training/evaluate.py --data DIR [--tasks ...] --system doc2doc --system query2query \
+        --system path/to/adapter --query-encoder Q --doc-encoder D --output OUT_DIR
+
+A system is `doc2doc` (the doc encoder on both sides: what the index serves today), `query2query`
+(the query encoder on both sides: the expensive re-index), `query2doc` (query encoder against the
+doc index with no adapter: a sanity check, near zero), or the path / Hub id of a saved ERA adapter.
+Every system is scored on the test part of the seeded split (docs/protocol.md) with exact inner-product
+search over the whole (optionally capped) corpus. Writes results.json, results.md, TREC runs and a
+plot to OUT_DIR (`era_adapters.reports`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel
+
+from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
+from era_adapters.arguments import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, DataArguments, option
+from era_adapters.artifacts import query_side_encoder, record_evaluation
+from era_adapters.cache import embed_documents, embed_queries
+from era_adapters.cards import CARD_METRICS
+from era_adapters.data import Task, cap_corpus, load_tasks
+from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder
+from era_adapters.metrics import METRIC_NAMES, paired_test, per_query_metrics_ranked
+from era_adapters.reports import write_outputs
+from era_adapters.search import ann_search, build_ann_index, drop_identical_ids, exact_search, recall_against_exact
+from era_adapters.splits import TaskSplit, make_split
+
+logger = logging.getLogger(__name__)
+BASELINES = ("doc2doc", "query2query", "query2doc")
+REFERENCE_SYSTEM = "doc2doc"
+
+
+@dataclass
+class System:
+    """How one system embeds queries and documents."""
+
+    name: str
+    query_encoder: TextEncoder
+    doc_encoder: TextEncoder
+    adapter: EraAdapter | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    query_model: EraQueryEncoder | None = None  # adapters with a LoRA: text in, uncached
+
+    def embed_queries(self, queries: Sequence[str], instructions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        if self.query_model is not None:  # the LoRA changes the backbone: no cached plain-Q vector applies
+            return self.query_model.encode_queries(list(queries), instruction=list(instructions)).numpy()
+        vectors = embed_queries(self.query_encoder, queries, instructions, **kwargs)
+        if self.adapter is not None:
+            with torch.no_grad():
+                vectors = self.adapter(torch.from_numpy(vectors)).numpy()
+        elif vectors.shape[1] != self.doc_encoder.dim:
+            vectors = _fit_dimension(vectors, self.doc_encoder.dim)
+        return vectors
+
+    def embed_documents(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return embed_documents(self.doc_encoder, texts, **kwargs)
+
+
+def _fit_dimension(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """query2doc across dimensions: truncate or zero-pad, then renormalise (the spaces are unrelated)."""
+    fitted = np.zeros((len(vectors), dim), dtype=np.float32)
+    width = min(dim, vectors.shape[1])
+    fitted[:, :width] = vectors[:, :width]
+    return fitted / np.maximum(np.linalg.norm(fitted, axis=1, keepdims=True), 1e-12)
+
+
+class Encoders:
+    """One TextEncoder per (model, settings), so every system that shares a model shares its weights."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None, batch_size: int) -> None:
+        self.cache_dir, self.batch_size, self._made = cache_dir, batch_size, {}
+
+    def get(self, model: str, **settings: Any) -> TextEncoder:
+        key = (model, tuple(sorted(settings.items())))
+        if key not in self._made:
+            self._made[key] = TextEncoder(model, cache_dir=self.cache_dir, batch_size=self.batch_size, **settings)
+        return self._made[key]
+
+
+def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_encoder: str | None) -> System:
+    """Turn a command-line system name into a System (adapters bring their own encoders)."""
+    if spec in BASELINES:
+        query_model = {"doc2doc": doc_encoder, "query2query": query_encoder, "query2doc": query_encoder}[spec]
+        doc_model = {"doc2doc": doc_encoder, "query2query": query_encoder, "query2doc": doc_encoder}[spec]
+        if query_model is None or doc_model is None:
+            raise ValueError(f"system {spec} needs --query-encoder and --doc-encoder.")
+        query_side = encoders.get(query_model, query_template=BARE_QUERY_TEMPLATE)
+        doc_side = encoders.get(doc_model, query_template=BARE_QUERY_TEMPLATE)
+        info = {"kind": "baseline", "query_encoder": query_side.model_id, "doc_encoder": doc_side.model_id}
+        return System(spec, query_side, doc_side, info=info)
+    config = EraConfig.from_pretrained(spec)
+    query_side = query_side_encoder(config, make=encoders.get)
+    query_model = None
+    if getattr(config, "lora_config", None):
+        # A fresh backbone (the LoRA is injected into it), from the same resolved copy the encoders use.
+        backbone = AutoModel.from_pretrained(query_side.path)
+        query_model = EraQueryEncoder.from_pretrained(spec, backbone=backbone, tokenizer=query_side.tokenizer)
+        query_model.to(query_side.device)
+        adapter = query_model
+    else:
+        adapter = EraAdapter.from_pretrained(spec).eval()
+    if doc_encoder is not None:
+        adapter.check_doc_encoder(doc_encoder)
+    doc_side = encoders.get(config.doc_encoder, revision=config.doc_encoder_revision, query_template=BARE_QUERY_TEMPLATE)
+    adapter.check_doc_encoder(dim=doc_side.dim)
+    metadata = config.training_metadata
+    info = {
+        "kind": "adapter",
+        "path": str(spec),
+        "query_encoder": config.query_encoder,
+        "doc_encoder": config.doc_encoder,
+        "adapter_type": config.adapter_type,
+        "mode": metadata.get("mode"),
+        "label_budget": metadata.get("label_budget"),
+    }
+    if query_model is not None:
+        info["lora"] = config.lora_config
+        return System(_adapter_name(spec), query_side, doc_side, None, info, query_model=query_model)
+    return System(_adapter_name(spec), query_side, doc_side, adapter, info)
+
+
+def _adapter_name(spec: str) -> str:
+    return Path(str(spec).rstrip("/")).name or str(spec)
+
+
+@dataclass
+class TaskRun:
+    """One task prepared for evaluation: capped corpus and sampled test queries."""
+
+    task: Task
+    split: TaskSplit
+    test_qids: list[str]
+    capped: bool
+
+    @property
+    def qrels(self) -> dict[str, dict[str, int]]:
+        by_id = {query.qid: query for query in self.task.queries}
+        return {qid: by_id[qid].labels for qid in self.test_qids}
+
+
+def prepare_task(
+    task: Task, split_seed: int, max_docs: int | None, max_queries: int | None, all_queries: bool = False
+) -> TaskRun:
+    split = make_split(task, seed=split_seed)
+    # Zero-shot comparisons with published numbers score every labeled query; training needs the split.
+    test_qids = [q.qid for q in task.labeled_queries] if all_queries else list(split.test_qids)
+    if not test_qids:
+        raise ValueError(f"task {task.name} has no labeled test queries: it cannot be evaluated.")
+    if max_queries is not None and len(test_qids) > max_queries:
+        picked = np.random.default_rng([4, split_seed]).choice(len(test_qids), max_queries, replace=False)
+        test_qids = [test_qids[i] for i in sorted(picked)]
+    capped = cap_corpus(task, max_docs, seed=split_seed)
+    return TaskRun(capped, split, test_qids, capped is not task)
+
+
+def search_task(
+    system: System, run: TaskRun, k: int, ann: dict[str, Any] | None, embed_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Embed, search and score one system on one task; per-query metrics plus timings."""
+    task = run.task
+    by_id = {query.qid: query for query in task.queries}
+    queries = [by_id[qid] for qid in run.test_qids]
+    started = time.perf_counter()
+    doc_vectors = system.embed_documents(task.doc_texts, **embed_kwargs)
+    query_vectors = system.embed_queries([q.query for q in queries], [q.instruction for q in queries], **embed_kwargs)
+    embedded = time.perf_counter()
+    depth = min(k + int(task.ignore_identical_ids), len(task.doc_ids))
+    scores, indices = exact_search(query_vectors, doc_vectors, depth)
+    ann_recall = None
+    if ann:
+        index = build_ann_index(doc_vectors, **ann)
+        ann_scores, ann_indices = ann_search(index, query_vectors, depth)
+        ann_recall = recall_against_exact(ann_indices, indices, depth)
+        scores, indices = ann_scores, ann_indices
+    if task.ignore_identical_ids:
+        scores, indices = drop_identical_ids(scores, indices, run.test_qids, task.doc_ids, k)
+    searched = time.perf_counter()
+    per_query = per_query_metrics_ranked(indices, task.doc_ids, run.test_qids, run.qrels, scores)
+    return {
+        "per_query": per_query,
+        "indices": indices,
+        "scores": scores,
+        "seconds_embed": embedded - started,
+        "seconds_search": searched - embedded,
+        "ann_recall": ann_recall,
+    }
+
+
+@dataclass(kw_only=True)
+class EvaluateArguments(DataArguments):
+    """What to score, on which test queries, and where the report goes."""
+
+    systems: list[str] = option(help="doc2doc, query2query, query2doc, or an adapter folder / Hub id "
+                                     "(repeatable: --system A --system B)", aliases=["--system"], action="extend")
+    query_encoder: str | None = option(None, help="query encoder for the baselines, e.g. "
+                                                  "sentence-transformers/all-mpnet-base-v2")
+    doc_encoder: str | None = option(None, help="doc encoder of the index, e.g. sentence-transformers/all-MiniLM-L6-v2")
+    label_budget: float | None = option(None, help="label budget the adapters were trained with (for the report)",
+                                        valid=FRACTION)
+    split_seed: int = option(0, help="seed of the test/validation/train split", valid=NON_NEGATIVE)
+    max_docs: int | None = option(None, help="cap each corpus: every judged doc plus seeded random others",
+                                  valid=AT_LEAST_ONE)
+    max_queries: int | None = option(None, help="seeded sample of at most this many test queries per task",
+                                     valid=AT_LEAST_ONE)
+    k: int = option(100, help="search depth (the metrics need 100)", valid=AT_LEAST_ONE)
+    ann: Literal["ivf", "hnsw"] | None = option(None, help="approximate search instead of exact; reports its recall")
+    ann_param: list[str] = option(help="ANN setting key=value, e.g. nlist=1024, nprobe=32, M=32, efSearch=128",
+                                  default_factory=list, action="extend")
+    ignore_identical_ids: Literal["auto", "on", "off"] = option(
+        "auto", help="do not count a retrieved doc whose id is the query's (auto: per task, on for ArguAna)")
+    all_queries: bool = option(False, help="score every labeled query, not the test part (zero-shot baselines vs "
+                                           "published numbers)")
+    batch_size: int = option(32, help="texts per batch when embedding", valid=AT_LEAST_ONE)
+    output: str | None = option(None, help="folder for results.json, results.md, runs/ and the plot", required=True)
+    record: bool = option(False, help="write each adapter folder's test metrics into its config.json and model card")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ignore_identical_ids, bool) or self.ignore_identical_ids is None:  # Python callers
+            self.ignore_identical_ids = {None: "auto", True: "on", False: "off"}[self.ignore_identical_ids]
+        super().__post_init__()
+        if not self.systems:
+            raise ValueError("name at least one --system (doc2doc, query2query, query2doc or an adapter path).")
+        if self.record and self.all_queries:
+            raise ValueError("--record stores test metrics in adapter cards; --all-queries scores training queries "
+                             "too. Drop one of them.")
+        self.ann_settings()  # refuse a malformed --ann-param now
+
+    def ann_settings(self) -> dict[str, Any] | None:
+        if self.ann is None:
+            if self.ann_param:
+                raise ValueError("--ann-param needs --ann ivf|hnsw.")
+            return None
+        settings: dict[str, Any] = {"kind": self.ann}
+        for item in self.ann_param:
+            key, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise ValueError(f"--ann-param {item!r}: write it as key=<integer>, e.g. nprobe=32.")
+            settings[key] = int(value)
+        return settings
+
+
+def evaluate(data: str | os.PathLike, systems: Sequence[str], **options: Any) -> dict[str, Any]:
+    """Evaluate every system on every task's test queries from Python; `options` are the fields of
+    `EvaluateArguments` (`output` optional here). Returns the report (see `run_evaluation`)."""
+    return run_evaluation(EvaluateArguments(data=data, systems=[str(system) for system in systems], **options))
+
+
+def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
+    """Score every system on every task's test queries; write the report to `args.output` if given.
+
+    `ignore_identical_ids`: "auto" keeps each task's default (on for ArguAna-like tasks); "on"/"off"
+    force it. `all_queries` scores every labeled query instead of the test part (for zero-shot
+    comparisons with published numbers; never for adapters trained on this data). `record`: write each
+    local adapter's test metrics into its config.json and model card (`artifacts.record_evaluation`),
+    so the card's table and the Hub's model-index show them.
+    """
+    encoders = Encoders(args.cache_dir, args.batch_size)
+    built = [build_system(spec, encoders, args.query_encoder, args.doc_encoder) for spec in args.systems]
+    names = [system.name for system in built]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two systems share a name ({names}); put the adapters in folders with distinct names.")
+    loaded = load_tasks(args.data, args.tasks)
+    if args.ignore_identical_ids != "auto":
+        loaded = [dataclasses.replace(task, ignore_identical_ids=args.ignore_identical_ids == "on") for task in loaded]
+    runs = [prepare_task(task, args.split_seed, args.max_docs, args.max_queries, args.all_queries) for task in loaded]
+    ann = args.ann_settings()
+    embed_kwargs = {"cache_dir": args.cache_dir, "batch_size": args.batch_size}
+    raw: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for run in runs:
+        for system in built:
+            logger.info("evaluating %s on %s (%d docs, %d queries)", system.name, run.task.name,
+                        len(run.task.doc_ids), len(run.test_qids))
+            raw[system.name][run.task.name] = search_task(system, run, args.k, ann, embed_kwargs)
+    report = _report(built, runs, raw, label_budget=args.label_budget, split_seed=args.split_seed,
+                     max_docs=args.max_docs, max_queries=args.max_queries, k=args.k, ann=ann,
+                     all_queries=args.all_queries)
+    if args.output is not None:
+        write_outputs(Path(args.output), report, built, runs, raw)
+    if args.record:
+        record_in_adapters(report)
+    return report
+
+
+def record_in_adapters(report: dict[str, Any]) -> None:
+    """Store each local adapter folder's per-task test metrics and the evaluation settings in the folder."""
+    settings = {key: value for key, value in report["settings"].items() if key != "all_queries"}
+    for result in report["results"].values():
+        path = result["system"].get("path")
+        if result["system"]["kind"] != "adapter" or not Path(path).is_dir():
+            continue  # a Hub id: nothing local to write
+        evaluation = {task: {metric: entry[metric] for metric in CARD_METRICS if metric in entry}
+                      for task, entry in result["tasks"].items()}
+        record_evaluation(path, evaluation, settings)
+
+
+def _mean(values: dict[str, np.ndarray]) -> dict[str, float]:
+    return {metric: float(np.mean(array)) for metric, array in values.items()}
+
+
+def _report(built, runs, raw, **settings) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    reference = raw.get(REFERENCE_SYSTEM)
+    for system in built:
+        per_task = {}
+        for run in runs:
+            outcome = raw[system.name][run.task.name]
+            entry = _mean(outcome["per_query"])
+            entry.update(
+                n_queries=len(run.test_qids),
+                n_docs=len(run.task.doc_ids),
+                seconds_embed=outcome["seconds_embed"],
+                seconds_search=outcome["seconds_search"],
+                per_query={
+                    qid: {m: float(outcome["per_query"][m][i]) for m in METRIC_NAMES}
+                    for i, qid in enumerate(run.test_qids)
+                },
+            )
+            if outcome["ann_recall"] is not None:
+                entry["ann_recall"] = outcome["ann_recall"]
+            if reference is not None and system.name != REFERENCE_SYSTEM:
+                entry["vs_doc2doc"] = paired_test(
+                    outcome["per_query"]["ndcg@10"], reference[run.task.name]["per_query"]["ndcg@10"]
+                )
+            per_task[run.task.name] = entry
+        domains = defaultdict(list)
+        for run in runs:
+            domains[run.task.domain].append(per_task[run.task.name])
+        results[system.name] = {
+            "system": system.info,
+            "macro": {m: float(np.mean([t[m] for t in per_task.values()])) for m in METRIC_NAMES},
+            "domains": {d: {m: float(np.mean([t[m] for t in ts])) for m in METRIC_NAMES} for d, ts in domains.items()},
+            "tasks": per_task,
+        }
+        if reference is not None and system.name != REFERENCE_SYSTEM:
+            mine = np.concatenate([raw[system.name][r.task.name]["per_query"]["ndcg@10"] for r in runs])
+            theirs = np.concatenate([reference[r.task.name]["per_query"]["ndcg@10"] for r in runs])
+            results[system.name]["vs_doc2doc"] = paired_test(mine, theirs)
+    return {
+        "results": results,
+        "settings": settings,
+        "tasks": {
+            run.task.name: {
+                "domain": run.task.domain,
+                "source": run.task.source,
+                "ignore_identical_ids": run.task.ignore_identical_ids,
+                "split": run.split.to_dict(),
+                "test_qids": run.test_qids,
+                "doc_ids": run.task.doc_ids if run.capped else None,  # the sampled corpus, when capped
+            }
+            for run in runs
+        },
+    }

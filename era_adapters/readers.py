@@ -1,0 +1,398 @@
+"""Reading task files: MAIR's layout (docs + queries with labels) and BEIR's (corpus + queries + qrels),
+as JSONL, gzipped JSONL or parquet, into validated `Query` objects and an Arrow-backed corpus.
+
+Every problem in the input is a `DataError` that names the file, the line (or row) and the id, and
+says how to fix it. The data layouts are described in docs/protocol.md.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SPLIT_NAMES = ("train", "dev", "test")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+_MAIR_QUERY_FIELDS = ("qid", "instruction", "query", "labels")
+_QRELS_HEADER = ["query-id", "corpus-id", "score"]
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as is; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Query:
+    qid: str
+    query: str
+    instruction: str
+    labels: dict[str, int]  # doc id -> graded relevance; only score > 0 counts as positive
+    split: str | None = None
+
+    @property
+    def positive_ids(self) -> list[str]:
+        return [doc_id for doc_id, score in self.labels.items() if score > 0]
+
+    @property
+    def has_positive(self) -> bool:
+        return any(score > 0 for score in self.labels.values())
+
+
+def find_file(folder: Path, stem: str) -> Path | None:
+    """`stem`.jsonl, .jsonl.gz or .parquet; two of them at once would be ambiguous."""
+    found = [folder / f"{stem}{suffix}" for suffix in FILE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise DataError(f"{folder}: both {found[0].name} and {found[1].name} exist; keep only one.")
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files, and pointing at the line (or row) behind a row index
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a Dataset's rows came from, so that an error can name the line (JSONL) or row."""
+
+    description: str
+    path: Path | None = None
+
+    def where(self, row: int) -> str:
+        if self.path is not None and _is_jsonl(self.path):
+            return f"{self.path}, line {_line_of_row(self.path, row)}"
+        return f"{self.description}, row {row + 1}"
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
+def _open_text(path: Path) -> TextIO:
+    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """Line number of the row-th record; the JSON reader skips blank lines, so count only others."""
+    for index, (number, _) in enumerate(_numbered_records(path)):
+        if index == row:
+            return number
+    raise AssertionError(f"{path} has fewer than {row + 1} records")
+
+
+def _read_file(path: Path, cache_dir: str | Path | None) -> tuple[datasets.Dataset, _Source]:
+    # Dataset.from_json/from_parquet, not load_dataset: the latter pings the Hub (download counts)
+    # even for local files. glob.escape: the path is read as a glob pattern.
+    read = datasets.Dataset.from_parquet if path.name.endswith(".parquet") else datasets.Dataset.from_json
+    try:
+        dataset = read(glob.escape(str(path)), cache_dir=_str(cache_dir))
+    except Exception as error:  # the builder's own message rarely says where: find the line
+        raise _explain_unreadable(path, error) from error
+    return dataset, _Source(str(path), path)
+
+
+def _explain_unreadable(path: Path, error: Exception) -> DataError:
+    if not _is_jsonl(path):
+        return DataError(f"{path}: not a readable parquet file ({error}); rewrite it, e.g. with pyarrow.")
+    try:
+        for number, line in _numbered_records(path):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as bad:
+                return DataError(
+                    f"{path}, line {number}: malformed JSON ({bad.msg}, column {bad.colno}); "
+                    f"each line must be one complete JSON object."
+                )
+            if not isinstance(record, dict):
+                return DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")
+    except (OSError, EOFError, UnicodeDecodeError) as bad:
+        return DataError(f"{path}: cannot be read as UTF-8 JSON lines ({bad}); re-export or re-compress it.")
+    return DataError(f"{path}: every line is valid JSON but the datasets reader failed ({error}).")
+
+
+def _numbered_records(path: Path) -> Iterator[tuple[int, str]]:
+    with _open_text(path) as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                yield number, line
+
+
+def _str(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus validation (Arrow-level, so a large corpus never becomes Python objects)
+# ---------------------------------------------------------------------------------------------
+
+
+def _checked_mair_docs(raw: datasets.Dataset, source: _Source) -> tuple[list[str], datasets.Dataset]:
+    _require_columns(raw, source, ("id", "doc"), "MAIR docs rows are {id, doc}")
+    docs = _ids_as_strings(raw, "id", source).select_columns(["id", "doc"])
+    return _checked_corpus(docs, source), docs
+
+
+def _require_columns(dataset: datasets.Dataset, source: _Source, names: Sequence[str], hint: str) -> None:
+    for name in names:
+        if name not in dataset.column_names:
+            raise DataError(f"{source}: missing required field {name!r} on every row ({hint}).")
+        missing = _first_index(pc.is_null(dataset.data.column(name)))
+        if missing is not None:
+            raise DataError(f"{source.where(missing)}: missing required field {name!r} ({hint}).")
+
+
+def _ids_as_strings(dataset: datasets.Dataset, name: str, source: _Source) -> datasets.Dataset:
+    """Integer ids are read as strings, so that a label "7" matches the doc id 7."""
+    if pa.types.is_integer(dataset.data.column(name).type):
+        return dataset.cast_column(name, datasets.Value("string"))
+    _require_strings(dataset, name, source)
+    return dataset
+
+
+def _require_strings(dataset: datasets.Dataset, name: str, source: _Source) -> None:
+    column_type = dataset.data.column(name).type
+    if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
+        return
+    for row, value in enumerate(dataset[name]):  # only on the error path: find the culprit
+        if not isinstance(value, str):
+            raise DataError(
+                f"{source.where(row)}: field {name!r} is {value!r}, not a string; "
+                f"write it as a JSON string on every line."
+            )
+
+
+def _checked_corpus(docs: datasets.Dataset, source: _Source) -> list[str]:
+    """Doc texts are strings, none blank; doc ids unique. Returns the ids in row order."""
+    _require_strings(docs, "doc", source)
+    texts = docs.data.column("doc")
+    blank = _first_index(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
+    doc_ids: list[str] = docs.data.column("id").to_pylist()
+    if blank is not None:
+        raise DataError(f"{source.where(blank)}: doc {doc_ids[blank]!r} has an empty text; fill it in or drop the doc.")
+    if len(set(doc_ids)) != len(doc_ids):
+        first_row: dict[str, int] = {}
+        for row, doc_id in enumerate(doc_ids):
+            if doc_id in first_row:
+                raise DataError(
+                    f"{source.where(row)}: duplicate doc id {doc_id!r} (first at {source.where(first_row[doc_id])}); "
+                    f"doc ids must be unique: remove or rename one."
+                )
+            first_row[doc_id] = row
+    return doc_ids
+
+
+def _first_index(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    hits = pc.indices_nonzero(pc.fill_null(mask, False))
+    return hits[0].as_py() if len(hits) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries (small: validated row by row in Python)
+# ---------------------------------------------------------------------------------------------
+
+
+# Where a record sits ("file, line N"), computed only when there is an error to report: finding a
+# line means re-reading the file.
+_Where = Callable[[], str]
+
+
+def _mair_queries(raw: datasets.Dataset, source: _Source, doc_ids: set[str]) -> list[Query]:
+    hint = "MAIR query rows are {qid, instruction, query, labels}"
+    queries: list[Query] = []
+    first_row: dict[str, int] = {}
+    for row, record in enumerate(raw.to_list()):
+        where = partial(source.where, row)
+        values = _required_values(record, _MAIR_QUERY_FIELDS, where, hint)
+        qid = _as_id(values["qid"], "qid", where)
+        _check_unique_qid(qid, row, first_row, source)
+        query = Query(
+            qid=qid,
+            query=_as_text(values["query"], "query", qid, where),
+            instruction=_as_text(values["instruction"], "instruction", qid, where, allow_empty=True),
+            labels=_mair_labels(values["labels"], qid, doc_ids, where),
+            split=_as_split(record.get("split"), qid, where),
+        )
+        queries.append(query)
+    return queries
+
+
+def _required_values(record: Mapping[str, Any], names: Sequence[str], where: _Where, hint: str) -> dict[str, Any]:
+    for name in names:
+        if record.get(name) is None:
+            qid = record.get("qid", record.get("_id"))
+            about = f" (query {qid!r})" if qid is not None else ""
+            raise DataError(f"{where()}: missing required field {name!r}{about}; {hint}.")
+    return {name: record[name] for name in names}
+
+
+def _as_id(value: Any, name: str, where: _Where) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value).strip() == "":
+        raise DataError(f"{where()}: field {name!r} is {value!r}; ids must be non-empty strings.")
+    return str(value)
+
+
+def _as_text(value: Any, name: str, qid: str, where: _Where, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where()}: query {qid!r}: field {name!r} must be a string, got {value!r}.")
+    if not allow_empty and not value.strip():
+        raise DataError(f"{where()}: query {qid!r} has an empty {name!r}; fill it in or drop the query.")
+    return value
+
+
+def _as_score(value: Any, qid: str, doc_id: str, where: _Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise DataError(f"{where()}: query {qid!r}, doc {doc_id!r}: score {value!r} is not an integer grade.")
+    return int(value)
+
+
+def _as_split(value: Any, qid: str, where: _Where) -> str | None:
+    if value is None or value in SPLIT_NAMES:
+        return value
+    raise DataError(f"{where()}: query {qid!r} has split {value!r}; use one of {list(SPLIT_NAMES)} or omit it.")
+
+
+def _check_unique_qid(qid: str, row: int, first_row: dict[str, int], source: _Source) -> None:
+    if qid in first_row:
+        raise DataError(
+            f"{source.where(row)}: duplicate query id {qid!r} (first at {source.where(first_row[qid])}); "
+            f"query ids must be unique: remove or rename one."
+        )
+    first_row[qid] = row
+
+
+def _mair_labels(value: Any, qid: str, doc_ids: set[str], where: _Where) -> dict[str, int]:
+    if not isinstance(value, list):
+        raise DataError(f"{where()}: query {qid!r}: 'labels' must be a list of {{id, score}}, got {value!r}.")
+    labels: dict[str, int] = {}
+    for label in value:
+        if not isinstance(label, dict) or label.get("id") is None or label.get("score") is None:
+            raise DataError(f"{where()}: query {qid!r}: label {label!r} needs both 'id' and 'score'.")
+        doc_id = _as_id(label["id"], "labels.id", where)
+        _add_label(labels, qid, doc_id, _as_score(label["score"], qid, doc_id, where), doc_ids, where)
+    return labels
+
+
+def _add_label(labels: dict[str, int], qid: str, doc_id: str, score: int, doc_ids: set[str], where: _Where) -> None:
+    if doc_id not in doc_ids:
+        raise DataError(
+            f"{where()}: query {qid!r} labels doc {doc_id!r}, which is not in the corpus; fix the id or add the doc."
+        )
+    if doc_id in labels:
+        raise DataError(f"{where()}: query {qid!r} labels doc {doc_id!r} twice; keep one judgement.")
+    labels[doc_id] = score
+
+
+# ---------------------------------------------------------------------------------------------
+# The two local layouts
+# ---------------------------------------------------------------------------------------------
+
+
+def read_mair_folder(folder: Path, cache_dir: str | Path | None) -> tuple[list[str], datasets.Dataset, list[Query]]:
+    queries_path = find_file(folder, "queries")
+    if queries_path is None:
+        raise DataError(f"{folder}: has docs but no queries.jsonl (or .jsonl.gz, .parquet).")
+    doc_ids, docs = _checked_mair_docs(*_read_file(find_file(folder, "docs"), cache_dir))
+    raw_queries, queries_source = _read_file(queries_path, cache_dir)
+    return doc_ids, docs, _mair_queries(raw_queries, queries_source, set(doc_ids))
+
+
+def read_beir_folder(folder: Path, cache_dir: str | Path | None) -> tuple[list[str], datasets.Dataset, list[Query]]:
+    queries_path = find_file(folder, "queries")
+    qrels_paths = [path for split in SPLIT_NAMES if (path := folder / "qrels" / f"{split}.tsv").is_file()]
+    if queries_path is None or not qrels_paths:
+        raise DataError(f"{folder}: BEIR layout needs corpus.jsonl, queries.jsonl and qrels/{{train,dev,test}}.tsv.")
+    doc_ids, docs = _checked_beir_corpus(*_read_file(find_file(folder, "corpus"), cache_dir))
+    raw_queries, queries_source = _read_file(queries_path, cache_dir)
+    texts = _beir_query_texts(raw_queries, queries_source)
+    labels, splits = _read_qrels(qrels_paths, set(texts), set(doc_ids))
+    queries = [Query(qid, text, "", labels.get(qid, {}), splits.get(qid)) for qid, text in texts.items()]
+    return doc_ids, docs, queries
+
+
+def _checked_beir_corpus(raw: datasets.Dataset, source: _Source) -> tuple[list[str], datasets.Dataset]:
+    hint = "BEIR corpus rows are {_id, title, text}"
+    _require_columns(raw, source, ("_id", "text"), hint)
+    raw = _ids_as_strings(raw, "_id", source)
+    docs = raw.map(
+        _beir_doc_batch,
+        batched=True,
+        remove_columns=raw.column_names,
+        features=datasets.Features({"id": datasets.Value("string"), "doc": datasets.Value("string")}),
+    )
+    return _checked_corpus(docs, source), docs
+
+
+def _beir_doc_batch(batch: dict[str, list[Any]]) -> dict[str, list[str]]:
+    titles = batch.get("title") or [None] * len(batch["_id"])
+    return {
+        "id": batch["_id"],
+        "doc": [f"{title} {text}" if title else text for title, text in zip(titles, batch["text"])],
+    }
+
+
+def _beir_query_texts(raw: datasets.Dataset, source: _Source) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    first_row: dict[str, int] = {}
+    for row, record in enumerate(raw.to_list()):
+        where = partial(source.where, row)
+        values = _required_values(record, ("_id", "text"), where, "BEIR query rows are {_id, text}")
+        qid = _as_id(values["_id"], "_id", where)
+        _check_unique_qid(qid, row, first_row, source)
+        texts[qid] = _as_text(values["text"], "text", qid, where)
+    return texts
+
+
+def _read_qrels(
+    paths: Sequence[Path], qids: set[str], doc_ids: set[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """Labels per query, and each query's split: the name of the qrels file that judges it."""
+    labels: dict[str, dict[str, int]] = {}
+    splits: dict[str, str] = {}
+    for path in paths:
+        split = path.stem
+        for number, (qid, doc_id, score) in _qrels_rows(path):
+            where = partial(str, f"{path}, line {number}")
+            if qid not in qids:
+                raise DataError(f"{where()}: query {qid!r} is not in queries.jsonl; fix the id or add the query.")
+            if splits.setdefault(qid, split) != split:
+                raise DataError(
+                    f"{where()}: query {qid!r} is also judged in qrels/{splits[qid]}.tsv; a query has one split."
+                )
+            _add_label(labels.setdefault(qid, {}), qid, doc_id, _as_score(score, qid, doc_id, where), doc_ids, where)
+    return labels, splits
+
+
+def _qrels_rows(path: Path) -> Iterator[tuple[int, tuple[str, str, float]]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        for number, fields in enumerate(csv.reader(handle, delimiter="\t"), start=1):
+            if not fields or (number == 1 and fields == _QRELS_HEADER):
+                continue
+            if len(fields) != 3:
+                raise DataError(
+                    f"{path}, line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                    f"got {fields!r}."
+                )
+            try:
+                score = float(fields[2])
+            except ValueError:
+                raise DataError(f"{path}, line {number}: score {fields[2]!r} is not a number.") from None
+            yield number, (fields[0], fields[1], score)
+
+
+def read_mair_hub(raw_docs: datasets.Dataset, raw_queries: datasets.Dataset,
+                  name: str, docs_description: str, queries_description: str) -> tuple[list[str], datasets.Dataset, list[Query]]:
+    """A MAIR task fetched from the Hub (its docs and queries splits), validated like a local folder."""
+    doc_ids, docs = _checked_mair_docs(raw_docs, _Source(docs_description))
+    return doc_ids, docs, _mair_queries(raw_queries, _Source(queries_description), set(doc_ids))

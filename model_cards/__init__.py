@@ -1,0 +1,1 @@
+"""Model card templates of ERA adapters, shipped inside the wheel as `era_adapters.model_cards`."""
