@@ -2,7 +2,7 @@
 
     python bench/align_bench.py [--tasks ...] [--num-texts 500] [--max-docs 500] [--output JSON]
 
-Q = all-mpnet-base-v2, D = all-MiniLM-L6-v2 on tasks from ../shared/data. Embeddings come from the
+Q = all-mpnet-base-v2, D = all-MiniLM-L6-v2 on tasks from the shared datasets (docs/protocol.md; default ../shared/data). Embeddings come from the
 cache (computed first if missing; that time is reported apart), so only fitting is timed:
 - ridge: closed-form ridge with bias, strength chosen on the held-out slice (our `linear` default);
 - ridge+refine: the same, then 20 epochs of AdamW on the cosine loss;

@@ -1,6 +1,6 @@
 """The experiment of issue 6: ERA (`both`) against its baselines at label budgets 5%, 10%, 20%, 40%.
 
-    python bench/budgets_bench.py --data ../shared/data [--tasks restbench_spotify gorilla_torchhub] \
+    python bench/budgets_bench.py [--data DATA] [--tasks restbench_spotify gorilla_torchhub] \
         [--query-encoder sentence-transformers/all-mpnet-base-v2] \
         [--doc-encoder sentence-transformers/all-MiniLM-L6-v2] [--budgets 0.05 0.1 0.2 0.4] \
         [--max-docs 2000] [--max-queries 200] [--prompt-templates "{query}" "{instruction} {query}"] \

@@ -1,4 +1,6 @@
 """A content-addressed, sharded, resumable embedding cache, and `embed_texts`, the one way to embed.
+(Longer than most modules: storage, resume planning and the embed functions share the cache's
+invariants — the shard plan is what makes a resumed run bit-identical.)
 
 Layout, per encoder identity (see `TextEncoder.identity`), under ``<cache root>/embeddings/``::
 

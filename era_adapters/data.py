@@ -112,7 +112,7 @@ def load_tasks(
 ) -> list[Task]:
     """Load several tasks at once.
 
-    `data` is a folder of task folders (like shared/data), a single task folder, or, when it is
+    `data` is a folder of task folders (docs/protocol.md), a single task folder, or, when it is
     not an existing path, comma-separated MAIR task names fetched from the Hub. `tasks` picks a
     subset by name (in that order). `ignore_identical_ids` overrides the per-task default by name.
     `cache_dir` is where `datasets` keeps its Arrow files (default: the HF datasets cache).

@@ -1,4 +1,5 @@
 """Retrieval metrics, vectorised with numpy, equal to ``pytrec_eval`` (trec_eval) to 1e-6.
+(Longer than most modules: the eight metrics share one relevance matrix and its tie rules.)
 
 Metrics (``METRIC_NAMES``; any ``<family>@<k>`` with family in ndcg / recall / mrr / map works):
 

