@@ -31,3 +31,11 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The synonym task with tiny Q/D, a warm cache and its stage-1 adapter (tests/synonym_task.py)."""
+    from synonym_task import aligned_setup
+
+    return aligned_setup(tmp_path_factory.mktemp("adapt"))

@@ -1,180 +1,30 @@
-"""Stage 2: the loss, in-batch masking, hard-negative mining, early stopping, resume, DDP, LoRA, end to end."""
+"""Stage 2 end to end on the synonym task: it learns, early stopping, neutral start, bad arguments, kill and
+resume, one vs two processes."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
 
 from modeling_era import EraAdapter, EraConfig
-from tiny_models import WORDS, make_tiny_bert
 from era_adapters.adapt import adapt
-from era_adapters.align import align
 from era_adapters.cache import EmbeddingCache
 from era_adapters.data import load_tasks
 from era_adapters.encoders import TextEncoder
-from era_adapters.evaluate import evaluate
 from era_adapters.loop import checkpoint_folder
-from era_adapters.losses import contrastive_loss, in_batch_mask, pair_weights
-from era_adapters.mining import mine_hard_negatives
 from era_adapters.splits import make_split
 from era_adapters.supervision import TaskView, task_ndcg
 
 REPO = Path(__file__).resolve().parents[1]
 
-# ---------------------------------------------------------------------------------------------
-# A task where the labels carry what alignment cannot: each query says its document's words with
-# synonyms (a fixed word -> word map), so A(Q(query)) ≈ D(query text) lands far from D(document)
-# until labeled pairs teach the map.
-# ---------------------------------------------------------------------------------------------
-
-DOC_WORDS, QUERY_WORDS = WORDS[:13], WORDS[13:26]
-SYNONYM = dict(zip(DOC_WORDS, QUERY_WORDS))
-
-
-def write_synonym_task(folder: Path, num_docs: int = 120, num_queries: int = 120, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    docs = [list(rng.choice(DOC_WORDS, size=6, replace=False)) for _ in range(num_docs)]
-    with open(folder / "docs.jsonl", "w") as handle:
-        for i, words in enumerate(docs):
-            handle.write(json.dumps({"id": f"d{i}", "doc": " ".join(words)}) + "\n")
-    with open(folder / "queries.jsonl", "w") as handle:
-        for i in range(num_queries):
-            words = [SYNONYM[word] for word in docs[i]]
-            rng.shuffle(words)
-            handle.write(json.dumps({"qid": f"q{i}", "instruction": "find", "query": " ".join(words),
-                                     "labels": [{"id": f"d{i}", "score": 1}]}) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Tiny Q (64-d) and D (32-d), the synonym task, a warm cache and the stage-1 adapter."""
-    root = tmp_path_factory.mktemp("adapt")
-    query, doc = make_tiny_bert(root / "q", hidden_size=64, seed=1), make_tiny_bert(root / "d", hidden_size=32, seed=2)
-    write_synonym_task(root / "data" / "syn")
-    align(root / "data", query_encoder=str(query), doc_encoder=str(doc), output=root / "align",
-          cache_dir=root / "cache")
-    return root
-
-
-FAST = {"epochs": 30, "patience": 5, "lr": 3e-2, "batch_size": 8}
-
-
-def run(setup: Path, output: Path, **kwargs):
-    options = {"label_budget": 0.4, "mode": "both", "init": setup / "align", "cache_dir": setup / "cache", **FAST}
-    options.update(kwargs)
-    return adapt(setup / "data", output=output, **options)
-
-
-def recipe(adapter) -> dict:
-    return adapter.config.training_metadata["recipe"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The loss
-# ---------------------------------------------------------------------------------------------
-
-DOCS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6], [-1.0, 0.0]])
-QUERIES = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-POSITIVES = torch.tensor([[0, -1], [1, 3]])  # query 1 has two positives
-NEGATIVES = torch.tensor([[2, -1], [4, 2]])
-POOL = torch.tensor([0, 1, 3])  # the batch's positives
-
-
-def nll(positive: float, others: list[float], tau: float) -> float:
-    return -math.log(math.exp(positive / tau) / (math.exp(positive / tau) + sum(math.exp(s / tau) for s in others)))
-
-
-def test_loss_equals_a_hand_computation():
-    tau = 0.5
-    # Query 0, positive d0 (score 1): hard negative d2 (0.6); in-batch d1 (0), d3 (0.8); d0 is its own.
-    pair_00 = nll(1.0, [0.6, 0.0, 0.8], tau)
-    # Query 1, positives d1 (1) and d3 (0.6): hard negatives d4 (0), d2 (0.8); in-batch d0 (0) only.
-    pair_11 = nll(1.0, [0.0, 0.8, 0.0], tau)
-    pair_13 = nll(0.6, [0.0, 0.8, 0.0], tau)
-    uniform = contrastive_loss(QUERIES, DOCS, POSITIVES, NEGATIVES, POOL, pair_weights(POSITIVES), temperature=tau)
-    assert uniform.item() == pytest.approx((pair_00 + 0.5 * pair_11 + 0.5 * pair_13) / 2, rel=1e-6)
-    grades = torch.tensor([[1.0, 0.0], [2.0, 1.0]])
-    graded = contrastive_loss(QUERIES, DOCS, POSITIVES, NEGATIVES, POOL, pair_weights(POSITIVES, grades),
-                              temperature=tau)
-    assert graded.item() == pytest.approx((pair_00 + 2 / 3 * pair_11 + 1 / 3 * pair_13) / 2, rel=1e-6)
-    # Without in-batch negatives only the hard ones remain; the normaliser divides the weighted sum.
-    alone = contrastive_loss(QUERIES, DOCS, POSITIVES, NEGATIVES, None, pair_weights(POSITIVES), temperature=tau,
-                             normaliser=4.0)
-    expected = (nll(1.0, [0.6], tau) + 0.5 * nll(1.0, [0.0, 0.8], tau) + 0.5 * nll(0.6, [0.0, 0.8], tau)) / 4
-    assert alone.item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_in_batch_masking_never_uses_a_querys_own_positive():
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        positives = torch.randint(0, 12, (6, 4), generator=generator)
-        positives[torch.rand(6, 4, generator=generator) < 0.4] = -1
-        positives[:, 0] = torch.randint(0, 12, (6,), generator=generator)  # at least one each
-        negatives = torch.randint(-1, 12, (6, 3), generator=generator)
-        pool = torch.unique(positives[positives >= 0])
-        allowed = in_batch_mask(positives, negatives, pool)
-        for i in range(6):
-            own = set(positives[i][positives[i] >= 0].tolist())
-            used = set(pool[allowed[i]].tolist())
-            assert not used & own
-            assert not used & set(negatives[i].tolist())  # nor counted twice
-            assert used == set(pool.tolist()) - own - set(negatives[i].tolist())
-    # Behaviour: a document shared as a positive by both queries never acts as a negative of either,
-    # so moving it in space changes each pair's loss only through its own positive term.
-    positives = torch.tensor([[0, -1], [0, 1]])
-    pool = torch.tensor([0, 1])
-    none = torch.full((2, 0), -1, dtype=torch.long)
-    loss = contrastive_loss(QUERIES, DOCS, positives, none, pool, pair_weights(positives), temperature=0.5)
-    by_hand = (nll(1.0, [0.0], 0.5) + 0.5 * nll(0.0, [], 0.5) + 0.5 * nll(1.0, [], 0.5)) / 2
-    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# Mining
-# ---------------------------------------------------------------------------------------------
-
-
-def test_mined_negatives_skip_positives_and_near_duplicates():
-    query = np.array([[1.0, 0.0]], dtype=np.float32)
-    scores = [0.8, 0.8, 0.78, 0.9, 0.75, 0.5, 0.3, 0.2]  # d0 positive, d1 its duplicate, d2/d3 within 5%
-    docs = np.array([[s, math.sqrt(1 - s * s)] for s in scores], dtype=np.float32)
-    mined = mine_hard_negatives(query, docs, np.array([[0]]), 3)
-    assert mined.tolist() == [[4, 5, 6]]
-    # With a ratio of 1 only scores at or above the positive's count as duplicates: d2 (0.78) comes back.
-    assert mine_hard_negatives(query, docs, np.array([[0]]), 2, near_duplicate_ratio=1.0).tolist() == [[2, 4]]
-    # Excluded rows (e.g. the query's own document) are skipped as well; too few candidates leave -1.
-    assert mine_hard_negatives(query, docs, np.array([[0]]), 5, excluded=np.array([[5]])).tolist() == [[4, 6, 7, -1, -1]]
-
-
-def test_mining_matches_brute_force_and_deepens_when_needed():
-    rng = np.random.default_rng(0)
-    docs = rng.normal(size=(300, 8)).astype(np.float32)
-    queries = rng.normal(size=(25, 8)).astype(np.float32)
-    positives = np.full((25, 40), -1)
-    for i in range(25):  # many positives among the top documents: the first, shallow search runs short
-        top = np.argsort(-(docs @ queries[i]))
-        positives[i, : 5 + i] = rng.choice(top[:60], size=5 + i, replace=False)
-    mined = mine_hard_negatives(queries, docs, positives, 10, max_depth=300)
-    for i in range(25):
-        scores = docs @ queries[i]
-        own = positives[i][positives[i] >= 0]
-        weakest = scores[own].min()
-        cut = weakest - 0.05 * abs(weakest)
-        allowed = [j for j in np.argsort(-scores, kind="stable") if j not in set(own) and scores[j] < cut]
-        assert mined[i].tolist() == allowed[:10]
-        assert not set(mined[i].tolist()) & set(own.tolist())
+from synonym_task import FAST, recipe, run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,39 +182,3 @@ def test_two_processes_train_the_same_adapter_as_one(setup, tmp_path):
         torch.testing.assert_close(two[name], value, atol=1e-5, rtol=1e-4)
     assert EraConfig.from_pretrained(tmp_path / "two").training_metadata["recipe"]["curve"][-1]["validation"] == (
         pytest.approx(recipe(one)["curve"][-1]["validation"], abs=1e-6))
-
-
-# ---------------------------------------------------------------------------------------------
-# LoRA on the query backbone
-# ---------------------------------------------------------------------------------------------
-
-
-def test_lora_is_saved_with_the_adapter_and_reloads_through_automodel(setup, tmp_path):
-    adapter = run(setup, tmp_path / "lora", lora=True, lora_r=4, epochs=2, remine_every=0, align_weight=0.0)
-    folder = tmp_path / "lora"
-    config = EraConfig.from_pretrained(folder)
-    assert config.lora_config["r"] == 4 and recipe(adapter)["lora"]["target_modules"] == ["query", "value"]
-    weights = load_file(folder / "model.safetensors")
-    assert any(key.startswith("lora.") for key in weights) and not any(key.startswith("backbone.") for key in weights)
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
-    assert any("lora_B" in name for name, _ in model.backbone.named_parameters())
-    # The reloaded encoder reproduces the validation score of the best epoch.
-    task = load_tasks(setup / "data")[0]
-    by_id = {q.qid: q for q in task.queries}
-    val = [by_id[qid] for qid in config.training_metadata["split"]["syn"]["val"]]
-    adapted = torch.cat([model.encode_queries([q.query], instruction=q.instruction) for q in val]).numpy()
-    docs = TextEncoder(config.doc_encoder, cache_dir=setup / "cache").encode(list(task.doc_texts))
-    view = TaskView("syn", task.doc_ids, 0, False, None, [q.qid for q in val], {q.qid: q.labels for q in val},
-                    adapted, [])
-    assert task_ndcg(view, docs, adapted) == pytest.approx(recipe(adapter)["best_validation"], abs=1e-6)
-    with pytest.raises(ValueError, match="LoRA"):  # cached plain-Q vectors do not fit a LoRA adapter
-        EraAdapter.from_pretrained(folder)
-    # The evaluation harness scores it through the LoRA backbone: its numbers are those of encode_queries.
-    report = evaluate(setup / "data", [str(folder)], cache_dir=setup / "cache")
-    result = report["results"]["lora"]
-    assert result["system"]["lora"]["r"] == 4
-    test = [by_id[qid] for qid in report["tasks"]["syn"]["test_qids"]]
-    expected = model.encode_queries([q.query for q in test], instruction=[q.instruction for q in test]).numpy()
-    view = TaskView("syn", task.doc_ids, 0, False, None, [q.qid for q in test], {q.qid: q.labels for q in test},
-                    expected, [])
-    assert result["tasks"]["syn"]["ndcg@10"] == pytest.approx(task_ndcg(view, docs, expected), abs=1e-6)

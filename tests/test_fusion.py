@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
-from test_adapt import FAST, write_synonym_task
+from synonym_task import FAST, write_synonym_task
 from test_modeling import INSTRUCTION, LOAD_WITHOUT_PACKAGE, QUERIES
 from tiny_models import make_tiny_bert, write_task
 from era_adapters.adapt import adapt

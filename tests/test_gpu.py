@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from modeling_era import EraQueryEncoder
-from test_adapt import FAST, write_synonym_task
+from synonym_task import FAST, write_synonym_task
 from test_fusion import fusion_encoder
 from test_modeling import FAMILIES, INSTRUCTION, QUERIES, make_encoder
 from tiny_models import make_tiny_bert

@@ -1,0 +1,54 @@
+"""The synonym task shared by the stage-2 tests: each query says its document's words with synonyms (a
+fixed word -> word map), so A(Q(query)) ≈ D(query text) lands far from D(document) until labeled pairs
+teach the map. Also the tiny Q/D pair with a warm cache and a stage-1 adapter (`aligned_setup`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from era_adapters.adapt import adapt
+from era_adapters.align import align
+from tiny_models import WORDS, make_tiny_bert
+
+DOC_WORDS, QUERY_WORDS = WORDS[:13], WORDS[13:26]
+SYNONYM = dict(zip(DOC_WORDS, QUERY_WORDS))
+
+
+def write_synonym_task(folder: Path, num_docs: int = 120, num_queries: int = 120, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = [list(rng.choice(DOC_WORDS, size=6, replace=False)) for _ in range(num_docs)]
+    with open(folder / "docs.jsonl", "w") as handle:
+        for i, words in enumerate(docs):
+            handle.write(json.dumps({"id": f"d{i}", "doc": " ".join(words)}) + "\n")
+    with open(folder / "queries.jsonl", "w") as handle:
+        for i in range(num_queries):
+            words = [SYNONYM[word] for word in docs[i]]
+            rng.shuffle(words)
+            handle.write(json.dumps({"qid": f"q{i}", "instruction": "find", "query": " ".join(words),
+                                     "labels": [{"id": f"d{i}", "score": 1}]}) + "\n")
+    return folder
+
+
+def aligned_setup(root: Path) -> Path:
+    """Tiny Q (64-d) and D (32-d), the synonym task, a warm cache and the stage-1 adapter, under `root`."""
+    query, doc = make_tiny_bert(root / "q", hidden_size=64, seed=1), make_tiny_bert(root / "d", hidden_size=32, seed=2)
+    write_synonym_task(root / "data" / "syn")
+    align(root / "data", query_encoder=str(query), doc_encoder=str(doc), output=root / "align",
+          cache_dir=root / "cache")
+    return root
+
+
+FAST = {"epochs": 30, "patience": 5, "lr": 3e-2, "batch_size": 8}
+
+
+def run(setup: Path, output: Path, **kwargs):
+    options = {"label_budget": 0.4, "mode": "both", "init": setup / "align", "cache_dir": setup / "cache", **FAST}
+    options.update(kwargs)
+    return adapt(setup / "data", output=output, **options)
+
+
+def recipe(adapter) -> dict:
+    return adapter.config.training_metadata["recipe"]
