@@ -45,14 +45,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
 from era_adapters.adapt import adapt
 from era_adapters.align import align
 from era_adapters.data import DataError, load_tasks
 from era_adapters.evaluate import evaluate
 from era_adapters.metrics import paired_test
 
+REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from modeling_era import EraAdapter, EraConfig
-from era_adapters.arguments import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, DataArguments, option
+from era_adapters.arguments import AT_LEAST_ONE, NON_NEGATIVE, DataArguments, option
 from era_adapters.artifacts import era_config, save_query_encoder
 from era_adapters.cache import embed_texts
 from era_adapters.data import Task, cap_corpus, load_tasks

@@ -12,6 +12,10 @@ from era_adapters.artifacts import save_query_encoder
 from era_adapters.encoders import TextEncoder
 from tiny_models import make_tiny_bert
 
+QUERIES = ["find python code", "how to search a vector index " * 6, "a", "return the list value"]
+DOCS = ["def search(index, vector): return index.search(vector)", "the data file", "model embedding text"]
+INSTRUCTION = "given a description retrieve the function"
+
 
 def make_encoders(root: Path) -> SimpleNamespace:
     """A tiny query backbone (32-d), a plain doc encoder (16-d) and a sentence-transformers doc encoder

@@ -21,10 +21,9 @@ from era_adapters.encoders import TextEncoder
 from era_adapters.loop import checkpoint_folder
 from era_adapters.splits import make_split
 from era_adapters.supervision import TaskView, task_ndcg
+from synonym_task import FAST, recipe, run
 
 REPO = Path(__file__).resolve().parents[1]
-
-from synonym_task import FAST, recipe, run
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from modeling_era import EraQueryEncoder, IncompatibleDocEncoderError
+from interop_models import DOCS, QUERIES, make_encoders, save_adapter
 from era_adapters.encoders import TextEncoder
 from era_adapters.mteb_wrapper import EraMtebModel
 
-QUERIES = ["find python code", "how to search a vector index " * 6, "a", "return the list value"]
-DOCS = ["def search(index, vector): return index.search(vector)", "the data file", "model embedding text"]
-INSTRUCTION = "given a description retrieve the function"
-
 
 pytestmark = pytest.mark.usefixtures("no_network")  # see conftest.py
-
-
-from interop_models import make_encoders, save_adapter
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,7 @@ from modeling_era.modeling_era import atomic_folder, atomic_write, recover_folde
 KILLED_SAVE = textwrap.dedent(
     """
     import os, sys
-    import torch
     import modeling_era.modeling_era as me
-    from modeling_era import EraAdapter, EraConfig
     folder, seed, die_after, exchange = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     if not exchange:
         me._exchange = lambda first, second: False
@@ -44,13 +42,8 @@ KILLED_SAVE = textwrap.dedent(
         st.save_file = half_then_die
         import transformers.modeling_utils as mu
         mu.safe_save_file = half_then_die
-    config = EraConfig(query_encoder="q/enc", doc_encoder="d/enc", query_dim=8, doc_dim=4)
-    torch.manual_seed(seed)
-    model = EraAdapter(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_()
-    model.save_pretrained(folder)
+    from test_saving import adapter
+    adapter(seed).save_pretrained(folder)
     """
 )
 
@@ -70,8 +63,9 @@ def same_weights(a: EraAdapter, b: EraAdapter) -> bool:
 
 
 def killed_save(folder: Path, seed: int, die_after: int, exchange: bool) -> int:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(folder), str(seed), str(die_after),
-                           "1" if exchange else "0"], capture_output=True, text=True, timeout=300)
+                           "1" if exchange else "0"], capture_output=True, text=True, timeout=300, env=env)
     return done.returncode
 
 
