@@ -31,10 +31,11 @@ def _configure_logging(level: int = logging.INFO) -> None:
 
 
 def _reporting_errors(run: Callable[[], Any]) -> int:
-    """Run a command; input and setting errors become one `error:` line and exit status 2."""
+    """Run a command; input and setting errors (files and models that are missing, unreadable or corrupt
+    included: OSError) become one `error:` line and exit status 2."""
     try:
         run()
-    except (DataError, ValueError, FileNotFoundError) as error:
+    except (DataError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -2,7 +2,9 @@
 as JSONL, gzipped JSONL or parquet, into validated `Query` objects and an Arrow-backed corpus.
 
 Every problem in the input is a `DataError` that names the file, the line (or row) and the id, and
-says how to fix it. The data layouts are described in docs/protocol.md.
+says how to fix it: bytes that are not UTF-8 (with their byte offset), lone surrogate escapes, empty
+files, malformed JSON, missing fields, duplicates, dangling labels. The data layouts are described in
+docs/protocol.md. (A little longer than most modules: one concept, reading and validating task files.)
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import csv
 import glob
 import gzip
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import datasets
 import pyarrow as pa
@@ -80,8 +83,22 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
-def _open_text(path: Path) -> TextIO:
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
+def _decoded_lines(path: Path) -> Iterator[str]:
+    """Every line of a (gzipped) text file, decoded one at a time from its bytes, so that bytes which are
+    not UTF-8 are a DataError naming the line and the byte offset, not a bare UnicodeDecodeError."""
+    offset = 0
+    with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                of = " of the uncompressed text" if path.name.endswith(".gz") else ""
+                raise DataError(
+                    f"{path}, line {number} (byte {offset + bad.start}{of}): not valid UTF-8 "
+                    f"({raw[bad.start:bad.end]!r}: {bad.reason}); save the file as UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8`."
+                ) from None
+            offset += len(raw)
 
 
 def _line_of_row(path: Path, row: int) -> int:
@@ -98,16 +115,21 @@ def _read_file(path: Path, cache_dir: str | Path | None) -> tuple[datasets.Datas
     read = datasets.Dataset.from_parquet if path.name.endswith(".parquet") else datasets.Dataset.from_json
     try:
         dataset = read(glob.escape(str(path)), cache_dir=_str(cache_dir))
+        dataset.data.validate(full=True)  # the JSON reader lets bytes that are not UTF-8 through
     except Exception as error:  # the builder's own message rarely says where: find the line
         raise _explain_unreadable(path, error) from error
+    if len(dataset) == 0:
+        raise DataError(f"{path} is empty: it holds no rows; a task file needs at least one.")
     return dataset, _Source(str(path), path)
 
 
 def _explain_unreadable(path: Path, error: Exception) -> DataError:
     if not _is_jsonl(path):
         return DataError(f"{path}: not a readable parquet file ({error}); rewrite it, e.g. with pyarrow.")
+    records, kinds = 0, {}  # field -> (JSON type, line) of its first value
     try:
         for number, line in _numbered_records(path):
+            records += 1
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as bad:
@@ -117,16 +139,54 @@ def _explain_unreadable(path: Path, error: Exception) -> DataError:
                 )
             if not isinstance(record, dict):
                 return DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")
-    except (OSError, EOFError, UnicodeDecodeError) as bad:
-        return DataError(f"{path}: cannot be read as UTF-8 JSON lines ({bad}); re-export or re-compress it.")
+            for name, value in record.items():
+                kind = _JSON_KINDS.get(type(value))
+                first = kinds.setdefault(name, (kind, number)) if kind else None
+                if first and first[0] != kind:
+                    return DataError(
+                        f"{path}, line {number}: field {name!r} is {kind} here but {first[0]} on line {first[1]}; "
+                        f"give a field one type on every line (ids as strings, say)."
+                    )
+            surrogate = _lone_surrogate(record)
+            if surrogate is not None:
+                return DataError(
+                    f"{path}, line {number}: field {surrogate[0]!r} holds a lone surrogate escape "
+                    f"({surrogate[1][:60]!r}), which is not Unicode text; remove it or write the full pair."
+                )
+        if not records:
+            lines = sum(1 for _ in _decoded_lines(path))
+            blank = f" (its {lines} line{'s' * (lines != 1)} are blank)" if lines else ""
+            return DataError(f"{path} is empty{blank}: write one JSON object per line.")
+    except DataError as bad:
+        return bad
+    except (OSError, EOFError) as bad:
+        return DataError(f"{path}: cannot be read ({bad}); re-export or re-compress it.")
     return DataError(f"{path}: every line is valid JSON but the datasets reader failed ({error}).")
 
 
+_JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list", dict: "an object"}
+
+
+def _lone_surrogate(value: Any, field: str = "") -> tuple[str, str] | None:
+    """(field, text) of the first string in a JSON value that holds a lone surrogate ("\\ud800")."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return field, value
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(item, f"{field}.{key}" if field else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def _numbered_records(path: Path) -> Iterator[tuple[int, str]]:
-    with _open_text(path) as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                yield number, line
+    for number, line in enumerate(_decoded_lines(path), start=1):
+        if line.strip():
+            yield number, line
 
 
 def _str(path: str | Path | None) -> str | None:
@@ -174,13 +234,9 @@ def _require_strings(dataset: datasets.Dataset, name: str, source: _Source) -> N
 
 
 def _checked_corpus(docs: datasets.Dataset, source: _Source) -> list[str]:
-    """Doc texts are strings, none blank; doc ids unique. Returns the ids in row order."""
+    """Doc texts are strings (empty ones are allowed: `blank_rows`), doc ids unique. Returns the ids in row order."""
     _require_strings(docs, "doc", source)
-    texts = docs.data.column("doc")
-    blank = _first_index(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
     doc_ids: list[str] = docs.data.column("id").to_pylist()
-    if blank is not None:
-        raise DataError(f"{source.where(blank)}: doc {doc_ids[blank]!r} has an empty text; fill it in or drop the doc.")
     if len(set(doc_ids)) != len(doc_ids):
         first_row: dict[str, int] = {}
         for row, doc_id in enumerate(doc_ids):
@@ -191,6 +247,12 @@ def _checked_corpus(docs: datasets.Dataset, source: _Source) -> list[str]:
                 )
             first_row[doc_id] = row
     return doc_ids
+
+
+def blank_rows(docs: datasets.Dataset) -> list[int]:
+    """Rows of a corpus whose text is empty or whitespace only (real collections have a few)."""
+    texts = docs.data.column("doc")
+    return pc.indices_nonzero(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0)).to_pylist()
 
 
 def _first_index(mask: pa.ChunkedArray | pa.Array) -> int | None:
@@ -252,7 +314,7 @@ def _as_text(value: Any, name: str, qid: str, where: _Where, allow_empty: bool =
 
 
 def _as_score(value: Any, qid: str, doc_id: str, where: _Where) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
         raise DataError(f"{where()}: query {qid!r}, doc {doc_id!r}: score {value!r} is not an integer grade.")
     return int(value)
 
@@ -375,20 +437,19 @@ def _read_qrels(
 
 
 def _qrels_rows(path: Path) -> Iterator[tuple[int, tuple[str, str, float]]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        for number, fields in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-            if not fields or (number == 1 and fields == _QRELS_HEADER):
-                continue
-            if len(fields) != 3:
-                raise DataError(
-                    f"{path}, line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                    f"got {fields!r}."
-                )
-            try:
-                score = float(fields[2])
-            except ValueError:
-                raise DataError(f"{path}, line {number}: score {fields[2]!r} is not a number.") from None
-            yield number, (fields[0], fields[1], score)
+    for number, fields in enumerate(csv.reader(_decoded_lines(path), delimiter="\t"), start=1):
+        if not fields or (number == 1 and fields == _QRELS_HEADER):
+            continue
+        if len(fields) != 3:
+            raise DataError(
+                f"{path}, line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                f"got {fields!r}."
+            )
+        try:
+            score = float(fields[2])
+        except ValueError:
+            raise DataError(f"{path}, line {number}: score {fields[2]!r} is not a number.") from None
+        yield number, (fields[0], fields[1], score)
 
 
 def read_mair_hub(raw_docs: datasets.Dataset, raw_queries: datasets.Dataset,

@@ -35,10 +35,6 @@ BAD_MAIR_INPUTS = {
         None, [mair_query("q1", {"d1": 1}), mair_query("q2", {"ghost": 1})],
         r"queries\.jsonl, line 2: query 'q2' labels doc 'ghost', which is not in the corpus",
     ),
-    "empty doc text": (
-        mair_docs(2) + [{"id": "d2", "doc": "  \n "}], None,
-        r"docs\.jsonl, line 3: doc 'd2' has an empty text",
-    ),
     "empty query text": (
         None, [mair_query("q1", {"d1": 1}), mair_query("q2", {"d1": 1}, query=" ")],
         r"queries\.jsonl, line 2: query 'q2' has an empty 'query'",
