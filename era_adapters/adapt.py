@@ -311,7 +311,8 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
     init_metadata = dict(model.config.training_metadata)
     align_seed = int(init_metadata.get("seeds", {}).get("sample", settings.seed)) if args.mode == "both" else settings.seed
     adapt_data = load_adapt_data(
-        load_tasks(args.data, args.tasks), label_budget=args.label_budget, split_seed=args.split_seed,
+        load_tasks(args.data, args.tasks, **args.load_options()), label_budget=args.label_budget,
+        split_seed=args.split_seed,
         query_encoder=q_encoder, doc_encoder=d_encoder, max_docs=args.max_docs, cache_dir=args.cache_dir,
         accelerator=accelerator, align_texts=settings.align_texts if settings.align_weight > 0 else 0,
         align_seed=align_seed,

@@ -306,7 +306,8 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None) 
     prompt = choose_prompt_template(q_encoder, args.prompt_template)
     q_encoder.query_template = prompt["template"]
     d_encoder = TextEncoder(args.doc_encoder, cache_dir=args.cache_dir, batch_size=args.embed_batch_size)
-    loaded = [cap_corpus(task, args.max_docs, args.seed) for task in load_tasks(args.data, args.tasks)]
+    tasks = load_tasks(args.data, args.tasks, **args.load_options())
+    loaded = [cap_corpus(task, args.max_docs, args.seed) for task in tasks]
     texts = sample_texts(loaded, args.num_texts, args.seed, q_encoder, args.with_queries)
     embed = {"cache_dir": args.cache_dir, "accelerator": accelerator}
     # Texts are already formatted for each side (prompted queries on Q's), so embed them as they are.

@@ -101,6 +101,14 @@ class DataArguments(Settings):
     tasks: list[str] | None = option(None, help="task names to use (default: every task under --data)")
     cache_dir: str | None = option(None, help="ERA cache: embeddings, assembled models, task copies "
                                               "(default: $ERA_CACHE_DIR or ~/.cache/era)")
+    drop_empty_docs: bool = option(False, help="drop documents whose text is empty, and their labels (default: "
+                                               "embed them as empty, as BEIR and MTEB do); counted either way")
+    skip_bad_tasks: bool = option(False, help="leave out the task folders under --data that cannot be read, listed "
+                                              "in a warning (default: stop with an error naming the first)")
+
+    def load_options(self) -> dict[str, Any]:
+        """The keyword arguments of `era_adapters.data.load_tasks` that these settings fix."""
+        return {"drop_empty_docs": self.drop_empty_docs, "skip_bad_tasks": self.skip_bad_tasks}
 
 
 class ArgumentParser(HfArgumentParser):

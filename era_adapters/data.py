@@ -8,15 +8,16 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
-from era_adapters.readers import SPLIT_NAMES, DataError, Query, find_file, read_beir_folder, read_mair_folder, read_mair_hub
+from era_adapters.readers import (SPLIT_NAMES, DataError, Query, blank_rows, find_file, read_beir_folder,
+                                  read_mair_folder, read_mair_hub)
 
 HUB_QUERIES = "MAIR-Bench/MAIR-Queries"
 HUB_DOCS = "MAIR-Bench/MAIR-Docs"
@@ -65,6 +66,8 @@ class Task:
     queries: list[Query]
     ignore_identical_ids: bool = False
     source: str = ""  # folder or Hub dataset it came from, for reports
+    # Documents with an empty text in the files: {"count", "handling", "labels_dropped"} (reports show it).
+    empty_docs: dict[str, Any] = field(default_factory=lambda: {"count": 0})
 
     @property
     def doc_texts(self) -> Sequence[str]:
@@ -109,6 +112,8 @@ def load_tasks(
     *,
     cache_dir: str | Path | None = None,
     ignore_identical_ids: Mapping[str, bool] | None = None,
+    drop_empty_docs: bool = False,
+    skip_bad_tasks: bool = False,
 ) -> list[Task]:
     """Load several tasks at once.
 
@@ -116,19 +121,53 @@ def load_tasks(
     not an existing path, comma-separated MAIR task names fetched from the Hub. `tasks` picks a
     subset by name (in that order). `ignore_identical_ids` overrides the per-task default by name.
     `cache_dir` is where `datasets` keeps its Arrow files (default: the HF datasets cache).
+    `drop_empty_docs`: drop documents whose text is empty, and their labels (default: keep them and
+    embed them as empty, as BEIR and MTEB do); either way they are counted in `Task.empty_docs`.
+    Every folder under `data` must be a readable task (hidden ones and ones starting with "_" aside);
+    `skip_bad_tasks` skips those that are not, with a warning that lists them (tasks named in `tasks`
+    must load in any case).
     """
-    options = {"cache_dir": cache_dir, "ignore_identical_ids": ignore_identical_ids}
+    options = {"cache_dir": cache_dir, "ignore_identical_ids": ignore_identical_ids, "drop_empty_docs": drop_empty_docs}
     path = Path(data)
     if path.is_dir():
-        folders = {path.name: path} if _is_task_folder(path) else _task_folders(path)
-        return [load_task(folders[name], **options) for name in _pick(folders, tasks, str(path))]
+        if _is_task_folder(path):
+            return [load_task(path, **options)]
+        folders = _task_folders(path)
+        if not folders and any(path.iterdir()):
+            raise DataError(_not_a_task(path))
+        loaders = {name: (lambda folder=folders[name]: load_task(folder, **options))
+                   for name in _pick(folders, tasks, str(path))}
+        return _load_all(loaders, str(path), skip_bad_tasks, chosen=tasks is not None)
     if isinstance(data, Path) or path.exists() or re.search(r"[/\\~]|^\.", str(data)):
         raise FileNotFoundError(
             f"{data}: not a folder of tasks. Pass a task folder, a folder of task folders, "
             f"or MAIR task names (e.g. 'SciFact,ArguAna') to load from the Hub."
         )
     names = [name.strip() for name in str(data).split(",") if name.strip()]
-    return [load_hub_task(name, **options) for name in _pick(dict.fromkeys(names), tasks, "the Hub names")]
+    loaders = {name: (lambda name=name: load_hub_task(name, **options))
+               for name in _pick(dict.fromkeys(names), tasks, "the Hub names")}
+    return _load_all(loaders, "the Hub names", skip_bad_tasks, chosen=tasks is not None)
+
+
+def _load_all(loaders: Mapping[str, Callable[[], Task]], where: str, skip_bad_tasks: bool, chosen: bool) -> list[Task]:
+    """Every task, in order. One that cannot be read stops the run, or with `skip_bad_tasks` is left out
+    and listed in a warning (a silently missing task would change every macro average); tasks `chosen`
+    by name must load."""
+    loaded, skipped = [], []
+    for name, load in loaders.items():
+        try:
+            loaded.append(load())
+        except DataError as error:
+            if chosen or not skip_bad_tasks:
+                hint = "" if chosen or len(loaders) == 1 else " (--skip-bad-tasks leaves out tasks that cannot be read)"
+                raise DataError(f"task {name!r} cannot be read: {error}{hint}") from error
+            skipped.append(f"{name}: {error}")
+    if skipped:
+        message = f"{where}: skipped {len(skipped)} of {len(loaders)} tasks that cannot be read (--skip-bad-tasks):\n  "
+        warnings.warn(message + "\n  ".join(skipped), stacklevel=3)
+    if not loaded:
+        raise DataError(f"{where}: none of the {len(loaders)} tasks can be read; see the warning above.")
+    return loaded
 
 
 def load_task(
@@ -136,6 +175,7 @@ def load_task(
     *,
     cache_dir: str | Path | None = None,
     ignore_identical_ids: Mapping[str, bool] | None = None,
+    drop_empty_docs: bool = False,
 ) -> Task:
     """Load one task folder in MAIR's layout (docs + queries) or BEIR's (corpus + queries + qrels)."""
     folder = Path(folder)
@@ -145,11 +185,16 @@ def load_task(
     elif find_file(folder, "corpus"):
         doc_ids, docs, queries = read_beir_folder(folder, cache_dir)
     else:
-        raise DataError(
-            f"{folder}: no docs.jsonl (MAIR layout) or corpus.jsonl (BEIR layout) found "
-            f"(also accepted: .jsonl.gz, .parquet)."
-        )
-    return _make_task(name, _folder_domain(folder), doc_ids, docs, queries, str(folder), ignore_identical_ids)
+        raise DataError(_not_a_task(folder))
+    return _make_task(name, _folder_domain(folder), doc_ids, docs, queries, str(folder), ignore_identical_ids,
+                      drop_empty_docs)
+
+
+def _not_a_task(folder: Path) -> str:
+    held = sorted(child.name + "/" * child.is_dir() for child in folder.iterdir()) if folder.is_dir() else []
+    shown = f"it holds {', '.join(held[:8])}{', ...' if len(held) > 8 else ''}" if held else "it is empty"
+    return (f"{folder}: not a task folder: no docs.jsonl (MAIR layout) or corpus.jsonl (BEIR layout) found "
+            f"(also accepted: .jsonl.gz, .parquet); {shown}.")
 
 
 def load_hub_task(
@@ -157,6 +202,7 @@ def load_hub_task(
     *,
     cache_dir: str | Path | None = None,
     ignore_identical_ids: Mapping[str, bool] | None = None,
+    drop_empty_docs: bool = False,
 ) -> Task:
     """Load a MAIR task from the Hub by its task name (e.g. 'SciFact'): its main queries/docs split."""
     docs_source = f"{HUB_DOCS} (config {name!r}, split 'docs')"
@@ -172,7 +218,8 @@ def load_hub_task(
         ) from error
     doc_ids, docs, queries = read_mair_hub(raw_docs, raw_queries, name, docs_source, queries_source)
     domain = _DOMAIN_OF_MAIR_TASK.get(name.lower(), "unknown")
-    return _make_task(name, domain, doc_ids, docs, queries, f"{HUB_QUERIES}/{name}", ignore_identical_ids)
+    return _make_task(name, domain, doc_ids, docs, queries, f"{HUB_QUERIES}/{name}", ignore_identical_ids,
+                      drop_empty_docs)
 
 
 def _make_task(
@@ -183,7 +230,9 @@ def _make_task(
     queries: list[Query],
     source: str,
     ignore_identical_ids: Mapping[str, bool] | None,
+    drop_empty_docs: bool = False,
 ) -> Task:
+    doc_ids, docs, queries, empty_docs = _handle_empty_docs(name, doc_ids, docs, queries, drop_empty_docs)
     unlabeled = sum(not query.has_positive for query in queries)
     if unlabeled:
         warnings.warn(
@@ -193,7 +242,34 @@ def _make_task(
         )
     overrides = ignore_identical_ids or {}
     ignore = overrides.get(name, name in IGNORE_IDENTICAL_IDS_TASKS)
-    return Task(name, domain, doc_ids, docs, queries, ignore, source)
+    return Task(name, domain, doc_ids, docs, queries, ignore, source, empty_docs)
+
+
+def _handle_empty_docs(
+    name: str, doc_ids: list[str], docs: datasets.Dataset, queries: list[Query], drop: bool
+) -> tuple[list[str], datasets.Dataset, list[Query], dict[str, Any]]:
+    """Keep documents with an empty text (embedded as empty, as BEIR and MTEB do) or drop them and their
+    labels; either way count them, with a warning that names a few."""
+    rows, total = blank_rows(docs), len(doc_ids)
+    if not rows:
+        return doc_ids, docs, queries, {"count": 0}
+    empty = {doc_ids[row] for row in rows}
+    record: dict[str, Any] = {"count": len(rows), "handling": "dropped" if drop else "embedded as empty"}
+    shown = ", ".join(repr(doc_ids[row]) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    if drop:
+        if len(rows) == len(doc_ids):
+            raise DataError(f"task {name!r}: every one of its {len(rows)} documents has an empty text.")
+        keep = np.setdiff1d(np.arange(len(doc_ids)), rows)
+        doc_ids, docs = [doc_ids[row] for row in keep], docs.select(keep)
+        kept = [dataclasses.replace(q, labels={d: s for d, s in q.labels.items() if d not in empty}) for q in queries]
+        dropped = record["labels_dropped"] = sum(len(q.labels) for q in queries) - sum(len(q.labels) for q in kept)
+        queries = kept
+        what = f"dropped with their {dropped} label{'s' * (dropped != 1)} (--drop-empty-docs)"
+    else:
+        what = "embedded as empty texts, as BEIR and MTEB do (--drop-empty-docs drops them and their labels)"
+    warnings.warn(f"task {name!r}: {len(rows)} of {total} documents have an empty text ({shown}); {what}.",
+                  stacklevel=4)
+    return doc_ids, docs, queries, record
 
 
 def _pick(available: Mapping[str, Any], wanted: Sequence[str] | None, where: str) -> list[str]:
@@ -212,7 +288,9 @@ def _is_task_folder(folder: Path) -> bool:
 
 
 def _task_folders(root: Path) -> dict[str, Path]:
-    return {child.name: child for child in sorted(root.iterdir()) if child.is_dir() and _is_task_folder(child)}
+    """Every folder under `root` (hidden ones and ones starting with "_", e.g. __pycache__, aside)."""
+    return {child.name: child for child in sorted(root.iterdir())
+            if child.is_dir() and not child.name.startswith((".", "_"))}
 
 
 def _folder_domain(folder: Path) -> str:

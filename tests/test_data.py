@@ -63,7 +63,8 @@ def test_folder_of_tasks_selection_and_ignore_identical_ids(tmp_path: Path, cach
     write_mair(tmp_path / "data" / "arguana")
     write_mair(tmp_path / "data" / "NFCorpus")  # no SOURCE.md: MAIR's table by folder name
     write_mair(tmp_path / "data" / "mystery")
-    (tmp_path / "data" / "not_a_task").mkdir()
+    (tmp_path / "data" / "__pycache__").mkdir()  # hidden and "_" folders are not tasks
+    (tmp_path / "data" / ".git").mkdir()
 
     tasks = quiet_load(tmp_path / "data", cache)
     assert [(t.name, t.domain, t.ignore_identical_ids) for t in tasks] == [
