@@ -13,8 +13,10 @@ plot to OUT_DIR (`era_adapters.reports`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from era_adapters.splits import TaskSplit, make_split
 logger = logging.getLogger(__name__)
 BASELINES = ("doc2doc", "query2query", "query2doc")
 REFERENCE_SYSTEM = "doc2doc"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as the Hub spells repo ids
 
 
 @dataclass
@@ -100,7 +103,13 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         doc_side = encoders.get(doc_model, query_template=BARE_QUERY_TEMPLATE)
         info = {"kind": "baseline", "query_encoder": query_side.model_id, "doc_encoder": doc_side.model_id}
         return System(spec, query_side, doc_side, info=info)
-    config = EraConfig.from_pretrained(spec)
+    try:
+        config = EraConfig.from_pretrained(spec)
+    except OSError as error:  # no config.json here, or the Hub could not provide it (offline, unknown repo, ...)
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        where = "the folder is not an ERA adapter" if Path(spec).is_dir() else \
+            "no such adapter folder, and it could not be loaded as a Hub id"
+        raise ValueError(f"--system {spec!r}: {where} ({reason}). {_VALID_SYSTEMS}") from error
     query_side = query_side_encoder(config, make=encoders.get)
     query_model = None
     if getattr(config, "lora_config", None):
@@ -129,6 +138,19 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         info["lora"] = config.lora_config
         return System(_adapter_name(spec), query_side, doc_side, None, info, query_model=query_model)
     return System(_adapter_name(spec), query_side, doc_side, adapter, info)
+
+
+_VALID_SYSTEMS = f"Valid systems: {', '.join(BASELINES)}, an adapter folder, or an adapter's Hub id (org/name)."
+
+
+def check_system(spec: str) -> None:
+    """Refuse a --system value that is neither a baseline, an existing folder, nor shaped like a Hub id,
+    before anything is loaded (a typo of a baseline must not become a Hub request)."""
+    if spec in BASELINES or Path(spec).is_dir() or _HUB_ID.fullmatch(spec):
+        return
+    close = difflib.get_close_matches(spec.lower(), BASELINES, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ValueError(f"--system {spec!r} is not a baseline, an existing folder or a Hub id; {hint}{_VALID_SYSTEMS}")
 
 
 def _adapter_name(spec: str) -> str:
@@ -232,6 +254,8 @@ class EvaluateArguments(DataArguments):
         super().__post_init__()
         if not self.systems:
             raise ValueError("name at least one --system (doc2doc, query2query, query2doc or an adapter path).")
+        for spec in self.systems:
+            check_system(spec)
         if self.record and self.all_queries:
             raise ValueError("--record stores test metrics in adapter cards; --all-queries scores training queries "
                              "too. Drop one of them.")
@@ -271,7 +295,7 @@ def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
     names = [system.name for system in built]
     if len(set(names)) != len(names):
         raise ValueError(f"two systems share a name ({names}); put the adapters in folders with distinct names.")
-    loaded = load_tasks(args.data, args.tasks)
+    loaded = load_tasks(args.data, args.tasks, **args.load_options())
     if args.ignore_identical_ids != "auto":
         loaded = [dataclasses.replace(task, ignore_identical_ids=args.ignore_identical_ids == "on") for task in loaded]
     runs = [prepare_task(task, args.split_seed, args.max_docs, args.max_queries, args.all_queries) for task in loaded]
@@ -355,6 +379,7 @@ def _report(built, runs, raw, **settings) -> dict[str, Any]:
                 "domain": run.task.domain,
                 "source": run.task.source,
                 "ignore_identical_ids": run.task.ignore_identical_ids,
+                "empty_docs": run.task.empty_docs,
                 "split": run.split.to_dict(),
                 "test_qids": run.test_qids,
                 "doc_ids": run.task.doc_ids if run.capped else None,  # the sampled corpus, when capped
