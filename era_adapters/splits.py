@@ -16,6 +16,7 @@ from era_adapters.data import Query, Task
 from era_adapters.readers import SPLIT_NAMES, DataError
 
 DEFAULT_BUDGETS = (0.05, 0.1, 0.2, 0.4)
+MIN_LABELS = 2  # a training budget must give one query to train on and one to validate with
 _TEST_STREAM, _TRAIN_STREAM, _VAL_STREAM = 0, 1, 2  # numpy SeedSequence streams (data.py: 3, align: 5, adapt: 6)
 
 
@@ -119,6 +120,20 @@ def make_split(
         test = sorted(order[:n_test])
         train, val = _draw_shared(order[n_test:], counts)
     return TaskSplit(task.name, seed, protocol, len(labeled), test_fraction, val_share, test, train, val)
+
+
+def labels_for_budget(task_name: str, budget: float, n_labeled: int) -> int:
+    """The number of labels (training + validation) `budget` gives a task with `n_labeled` labeled queries.
+    Fewer than `MIN_LABELS` is refused with that count: a budget that rounds to none must not quietly
+    train on the one-train, one-validation minimum `make_split` would still hand out."""
+    count = _round_half_up(budget * n_labeled)
+    if count < MIN_LABELS:
+        raise DataError(
+            f"task {task_name!r}: --label-budget {budget:g} of its {n_labeled} labeled queries rounds to {count} "
+            f"label{'s' * (count != 1)}; training needs at least {MIN_LABELS} (one to train on, one to validate "
+            f"with). Use --label-budget {MIN_LABELS / max(n_labeled, 1):.3g} or more."
+        )
+    return count
 
 
 def _check_split_arguments(seed: int, budgets: Sequence[float], test_fraction: float, val_share: float) -> None:

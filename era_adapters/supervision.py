@@ -19,7 +19,7 @@ from era_adapters.data import Task, cap_corpus
 from era_adapters.encoders import TextEncoder
 from era_adapters.metrics import per_query_metrics_ranked
 from era_adapters.search import rank_for_queries
-from era_adapters.splits import DEFAULT_BUDGETS, TaskSplit, make_split
+from era_adapters.splits import DEFAULT_BUDGETS, TaskSplit, labels_for_budget, make_split
 
 VALIDATION_METRIC = "ndcg@10"
 
@@ -88,6 +88,7 @@ def load_adapt_data(
     offset = 0
     for index, task in enumerate(tasks):
         split = make_split(task, seed=split_seed, budgets=budgets)  # the evaluation's split
+        labels_for_budget(task.name, label_budget, split.n_labeled)
         capped = cap_corpus(task, max_docs, seed=split_seed)  # the evaluation's cap
         capped_tasks.append(capped)
         train_ids, val_ids = split.train(label_budget), split.val(label_budget)
