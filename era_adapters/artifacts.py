@@ -16,6 +16,7 @@ from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
 from modeling_era.modeling_era import atomic_folder, atomic_write
 from era_adapters.cards import write_model_card
 from era_adapters.encoders import FusedEncoder, TextEncoder
+from era_adapters.models import weights_fingerprint
 
 
 def era_config(
@@ -47,6 +48,7 @@ def era_config(
         query_encoder_revision=query_encoder.revision,
         doc_encoder=doc_encoder.model_id,
         doc_encoder_revision=doc_encoder.revision,
+        doc_encoder_sha256=weights_fingerprint(doc_encoder.path, doc_encoder.cache_dir),
         query_dim=query_encoder.dim,
         doc_dim=doc_encoder.dim,
         adapter_type=adapter_type,

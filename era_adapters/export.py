@@ -90,6 +90,35 @@ def adapter_linear_map(adapter: torch.nn.Module, family: str) -> tuple[torch.Ten
     return weight.float().detach().clone(), bias.float().detach().clone()
 
 
+def _check_doc_encoder(config: EraConfig, doc: Any, era_cache_dir: str | os.PathLike | None) -> None:
+    """The document route must be the encoder the adapter was trained for, not only one of its width: the
+    same Hub id (and revision, where both are known), or a copy whose files have the recorded fingerprint."""
+    from era_adapters.models import weights_fingerprint
+
+    trained = f"{config.doc_encoder}@{config.doc_encoder_revision or 'any revision'}"
+    if doc.dim != config.doc_dim:
+        raise IncompatibleDocEncoderError(
+            f"the doc encoder at {doc.path} gives {doc.dim}-d vectors but the adapter maps into {config.doc_dim}-d "
+            f"({trained}); pass the doc encoder the adapter was trained for."
+        )
+    recorded = getattr(config, "doc_encoder_sha256", None)
+    same_revision = None in (doc.revision, config.doc_encoder_revision) or doc.revision == config.doc_encoder_revision
+    by_content = doc.resolved.source == "local" and doc.revision is None  # a plain folder is what its files are
+    if doc.model_id == config.doc_encoder and same_revision and not (by_content and recorded):
+        return
+    fingerprint = weights_fingerprint(doc.path, era_cache_dir) if recorded else None
+    if recorded and fingerprint == recorded:
+        return
+    found = f"{doc.model_id}@{doc.revision or 'no revision'}"
+    found += f", files sha256 {fingerprint[:12]}…" if fingerprint else ""
+    expected = trained + (f", files sha256 {recorded[:12]}…" if recorded else "")
+    raise IncompatibleDocEncoderError(
+        f"the doc encoder at {doc.path} ({found}) is not the one the adapter was trained for ({expected}); its "
+        "vectors would not match the adapter's. Pass that encoder (a copy of its files, or its Hub id), or omit "
+        "--doc-encoder to use the one the adapter names."
+    )
+
+
 def _load_adapter(adapter_dir: str | os.PathLike, config: EraConfig, **hub_kwargs: Any) -> tuple[torch.nn.Module, Any]:
     """The adapter module, and the loaded query encoder when its backbone is bundled (else None)."""
     if config.bundle_backbone:
@@ -142,11 +171,7 @@ def export_sentence_transformer(
         cache_dir=era_cache_dir,
         device="cpu",
     )
-    if doc.dim != config.doc_dim:
-        raise IncompatibleDocEncoderError(
-            f"the doc encoder at {doc.path} gives {doc.dim}-d vectors but the adapter maps into {config.doc_dim}-d "
-            f"({config.doc_encoder}); pass the doc encoder the adapter was trained for."
-        )
+    _check_doc_encoder(config, doc, era_cache_dir)
     if doc.doc_template is not None:  # pragma: no cover - TextEncoder's default is no document template
         raise ValueError("document templates cannot be exported")
 

@@ -30,6 +30,9 @@ class EraConfig(PretrainedConfig):
             Hub id of the light doc encoder that built the index this adapter searches.
         doc_encoder_revision (`str`, *optional*, defaults to `None`):
             Revision of `doc_encoder`.
+        doc_encoder_sha256 (`str`, *optional*, defaults to `None`):
+            Fingerprint of the doc encoder's files the adapter was trained with (sha256 over its weights,
+            config and tokenizer files): identifies a local copy that carries no Hub id or revision.
         query_dim (`int`, *optional*, defaults to 768):
             Dimension of the query encoder's pooled embedding (the adapter's input).
         doc_dim (`int`, *optional*, defaults to 384):
@@ -121,6 +124,7 @@ class EraConfig(PretrainedConfig):
         query_encoder_revision: str | None = None,
         doc_encoder: str | None = None,
         doc_encoder_revision: str | None = None,
+        doc_encoder_sha256: str | None = None,
         query_dim: int = 768,
         doc_dim: int = 384,
         adapter_type: str = "linear",
@@ -173,6 +177,7 @@ class EraConfig(PretrainedConfig):
         self.query_encoder_revision = query_encoder_revision
         self.doc_encoder = doc_encoder
         self.doc_encoder_revision = doc_encoder_revision
+        self.doc_encoder_sha256 = doc_encoder_sha256
         self.query_dim = int(query_dim)
         self.doc_dim = int(doc_dim)
         self.adapter_type = adapter_type

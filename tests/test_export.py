@@ -97,3 +97,24 @@ def test_export_refusals(encoders, tmp_path):
     with pytest.raises(ValueError, match="carries a LoRA"):
         export_sentence_transformer(linear, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_checks_the_doc_encoders_identity_not_only_its_width(encoders, tmp_path):
+    import shutil
+
+    from era_adapters.models import weights_fingerprint
+    from tiny_models import make_tiny_bert
+
+    adapter = save_adapter(encoders, tmp_path / "adapter", doc_encoder_sha256=weights_fingerprint(encoders.doc))
+    same_width = make_tiny_bert(tmp_path / "other-doc", hidden_size=16, seed=7)
+    with pytest.raises(IncompatibleDocEncoderError, match=r"other-doc .* is not the one the adapter was trained for"):
+        export_sentence_transformer(adapter, tmp_path / "out", doc_encoder_path=same_width)
+    assert not (tmp_path / "out").exists()
+    # A copy of the very files (another path, no revision) is the same encoder: its fingerprint says so.
+    copy = shutil.copytree(encoders.doc, tmp_path / "doc-copy")
+    assert export_sentence_transformer(adapter, tmp_path / "out", doc_encoder_path=copy).is_dir()
+    # The folder the adapter names, changed since training, is no longer that encoder.
+    changed = save_adapter(encoders, tmp_path / "changed", doc=copy, doc_encoder_sha256=weights_fingerprint(copy))
+    shutil.copy(same_width / "model.safetensors", copy / "model.safetensors")
+    with pytest.raises(IncompatibleDocEncoderError, match="files sha256"):
+        export_sentence_transformer(changed, tmp_path / "out2")
