@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modeling_era.modeling_era import atomic_path, atomic_write
 
 
@@ -32,11 +34,14 @@ def _safe(name: str) -> str:
 
 
 def trec_run(qids, doc_ids, indices, scores, tag: str) -> str:
+    """A TREC run file. Scores are written in full, as the shortest text that reads back as the very
+    score searched with (numpy's round-trip repr of the float32): distinct scores stay distinct and in
+    order, ties stay ties, so trec_eval ranks the run as the reported metrics did and reproduces them."""
     lines = []
     for row, qid in enumerate(qids):
-        for rank, (index, score) in enumerate(zip(indices[row], scores[row]), start=1):
+        for rank, (index, score) in enumerate(zip(indices[row], np.asarray(scores[row])), start=1):
             if index >= 0:
-                lines.append(f"{qid} Q0 {doc_ids[index]} {rank} {score:.6f} {_safe(tag)}")
+                lines.append(f"{qid} Q0 {doc_ids[index]} {rank} {score!s} {_safe(tag)}")
     return "\n".join(lines) + "\n"
 
 

@@ -147,3 +147,41 @@ def test_command_line(tmp_path, encoders, capsys):
     assert evaluate_main(["--data", str(tmp_path / "data"), "--system", "doc2doc", "--doc-encoder", encoders[1],
                           "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")]) == 0
     assert "| doc2doc | 1.0000 | 1.0000 |" in capsys.readouterr().out
+
+
+def test_trec_run_files_reproduce_the_reported_metrics_exactly_with_ties():
+    """Scores 1 float32 ulp apart (equal at 6 decimals) and exact ties: trec_eval reading the run file
+    must rank as the reported metrics did, so the file holds every score in full."""
+    import numpy as np
+
+    from era_adapters.metrics import per_query_metrics_ranked
+    from era_adapters.reports import trec_run
+
+    rng = np.random.default_rng(0)
+    doc_ids = [f"d{i:02d}" for i in range(60)]
+    qids = [f"q{i}" for i in range(8)]
+    base = np.float32(0.7)
+    steps = rng.integers(0, 6, size=(len(qids), 60))  # few distinct values: many exact ties
+    scores = (base + steps.astype(np.float32) * np.spacing(base)).astype(np.float32)  # 0.7000000 .. 0.7000003
+    order = np.argsort(-scores, axis=1, kind="stable")  # a search's order; ties in index order
+    indices, ranked = order, np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    qrels = {qid: {doc_ids[j]: int(rng.integers(0, 3)) for j in rng.choice(60, 12, replace=False)} for qid in qids}
+    qrels = {qid: {**labels, doc_ids[0]: 1} for qid, labels in qrels.items()}  # at least one relevant
+    ours = per_query_metrics_ranked(indices, doc_ids, qids, qrels, ranked, metrics=["ndcg@10", "map@100"])
+
+    def trec_eval(text: str) -> dict[str, dict[str, float]]:
+        run: dict[str, dict[str, float]] = {}
+        for line in text.splitlines():
+            qid, _, doc_id, _, score, _ = line.split()
+            run.setdefault(qid, {})[doc_id] = float(score)
+        return pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10", "map_cut_100"}).evaluate(run)
+
+    full = trec_eval(trec_run(qids, doc_ids, indices, ranked, "sys"))
+    for i, qid in enumerate(qids):
+        assert full[qid]["ndcg_cut_10"] == pytest.approx(ours["ndcg@10"][i], abs=1e-12)
+        assert full[qid]["map_cut_100"] == pytest.approx(ours["map@100"][i], abs=1e-12)
+    # What 6 decimals did: steps of one ulp collapse into ties that trec_eval breaks by doc id.
+    rounded = "\n".join(f"{qid} Q0 {doc_ids[j]} 1 {s:.6f} sys" for qid, row, values in zip(qids, indices, ranked)
+                        for j, s in zip(row, values))
+    six = trec_eval(rounded)
+    assert any(six[qid]["ndcg_cut_10"] != pytest.approx(ours["ndcg@10"][i], abs=1e-9) for i, qid in enumerate(qids))
