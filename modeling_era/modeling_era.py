@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -132,6 +134,7 @@ def recover_folder(path: str | os.PathLike) -> bool:
     """Put back the folder a save renamed aside if it was interrupted before its new folder arrived.
     Returns whether something was restored."""
     path = Path(path)
+    _remove_dead_writers_leftovers(path)
     aside = sorted(path.parent.glob(f".{path.name}.previous-*"), key=lambda p: p.stat().st_mtime)
     if path.exists():  # the new folder arrived: what was set aside is the discarded old one
         for old in aside:
@@ -141,6 +144,34 @@ def recover_folder(path: str | os.PathLike) -> bool:
         return False
     os.rename(aside[-1], path)
     _fsync_parent(path)
+    return True
+
+
+_LEFTOVER = re.compile(r"\.(?:staging|tmp)-(\d+)-[0-9a-f]{12}$")  # `_temporary_sibling`'s names
+
+
+def _remove_dead_writers_leftovers(path: Path) -> None:
+    """Remove the staging folders (nested ones too) and temporary files beside `path` of writers killed
+    mid-save, whose process is gone; a live writer's are left alone."""
+    for leftover in path.parent.glob(f".*{glob.escape(path.name)}.*"):
+        writer = _LEFTOVER.search(leftover.name)
+        if writer is None or _process_alive(int(writer.group(1))):
+            continue
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would signal the process on Windows: keep what we cannot check
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
     return True
 
 
