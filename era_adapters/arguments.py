@@ -101,6 +101,18 @@ class DataArguments(Settings):
     tasks: list[str] | None = option(None, help="task names to use (default: every task under --data)")
     cache_dir: str | None = option(None, help="ERA cache: embeddings, assembled models, task copies "
                                               "(default: $ERA_CACHE_DIR or ~/.cache/era)")
+    train_qrels: str | None = option(None, help="qrels file (query-id, corpus-id, score) whose queries form the "
+                                                "training pool of a BEIR task (default: its qrels/train.tsv)")
+    dev_qrels: str | None = option(None, help="qrels file of the validation (dev) queries (default: qrels/dev.tsv)")
+    test_qrels: str | None = option(None, help="qrels file of the test queries, never trained on (default: "
+                                               "qrels/test.tsv)")
+    test_fraction: float = option(0.5, help="share of the labeled queries carved off (seeded) as the test part when "
+                                            "the data marks no test queries; 0: no test part. Every stage must use "
+                                            "the same value", valid=Range(0, 1, open_high=True))
+
+    def qrels_files(self) -> dict[str, str | None]:
+        """The qrels file given for each role (None: the task folder's own)."""
+        return {"train": self.train_qrels, "dev": self.dev_qrels, "test": self.test_qrels}
 
 
 class ArgumentParser(HfArgumentParser):

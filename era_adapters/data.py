@@ -16,7 +16,8 @@ from typing import Any
 import datasets
 import numpy as np
 
-from era_adapters.readers import SPLIT_NAMES, DataError, Query, find_file, read_beir_folder, read_mair_folder, read_mair_hub
+from era_adapters.readers import (SPLIT_NAMES, DataError, Query, beir_qrels_files, find_file, read_beir_folder,
+                                  read_mair_folder, read_mair_hub)
 
 HUB_QUERIES = "MAIR-Bench/MAIR-Queries"
 HUB_DOCS = "MAIR-Bench/MAIR-Docs"
@@ -65,6 +66,7 @@ class Task:
     queries: list[Query]
     ignore_identical_ids: bool = False
     source: str = ""  # folder or Hub dataset it came from, for reports
+    roles_from: str = ""  # where the queries' train/dev/test roles came from, in words (cards, reports)
 
     @property
     def doc_texts(self) -> Sequence[str]:
@@ -109,6 +111,7 @@ def load_tasks(
     *,
     cache_dir: str | Path | None = None,
     ignore_identical_ids: Mapping[str, bool] | None = None,
+    qrels: Mapping[str, str | Path | None] | None = None,
 ) -> list[Task]:
     """Load several tasks at once.
 
@@ -116,12 +119,21 @@ def load_tasks(
     not an existing path, comma-separated MAIR task names fetched from the Hub. `tasks` picks a
     subset by name (in that order). `ignore_identical_ids` overrides the per-task default by name.
     `cache_dir` is where `datasets` keeps its Arrow files (default: the HF datasets cache).
+    `qrels` ({"train": path, "dev": path, "test": path}, any subset) gives the qrels file of each role
+    of one BEIR task folder explicitly, instead of its qrels/<role>.tsv.
     """
     options = {"cache_dir": cache_dir, "ignore_identical_ids": ignore_identical_ids}
+    qrels = {role: path for role, path in (qrels or {}).items() if path is not None}
     path = Path(data)
     if path.is_dir():
         folders = {path.name: path} if _is_task_folder(path) else _task_folders(path)
-        return [load_task(folders[name], **options) for name in _pick(folders, tasks, str(path))]
+        names = _pick(folders, tasks, str(path))
+        if qrels and len(names) != 1:
+            raise ValueError(f"--train/--dev/--test-qrels name the files of one task, but {path} holds {len(names)} "
+                             f"tasks ({', '.join(names)}); pick one with --tasks or point --data at its folder.")
+        return [load_task(folders[name], qrels=qrels, **options) for name in names]
+    if qrels:
+        raise ValueError("--train/--dev/--test-qrels apply to a local BEIR task folder, not to Hub task names.")
     if isinstance(data, Path) or path.exists() or re.search(r"[/\\~]|^\.", str(data)):
         raise FileNotFoundError(
             f"{data}: not a folder of tasks. Pass a task folder, a folder of task folders, "
@@ -136,20 +148,30 @@ def load_task(
     *,
     cache_dir: str | Path | None = None,
     ignore_identical_ids: Mapping[str, bool] | None = None,
+    qrels: Mapping[str, str | Path | None] | None = None,
 ) -> Task:
-    """Load one task folder in MAIR's layout (docs + queries) or BEIR's (corpus + queries + qrels)."""
+    """Load one task folder in MAIR's layout (docs + queries) or BEIR's (corpus + queries + qrels; `qrels`
+    gives a role's file explicitly, see `load_tasks`)."""
     folder = Path(folder)
     name = folder.name
+    qrels = {role: path for role, path in (qrels or {}).items() if path is not None}
     if find_file(folder, "docs"):
+        if qrels:
+            raise ValueError(f"{folder} is in MAIR layout (labels inside queries.jsonl, roles in its 'split' field); "
+                             f"--train/--dev/--test-qrels apply to BEIR folders (corpus.jsonl + queries.jsonl).")
         doc_ids, docs, queries = read_mair_folder(folder, cache_dir)
+        roles_from = f"the 'split' field of {find_file(folder, 'queries')}"
     elif find_file(folder, "corpus"):
-        doc_ids, docs, queries = read_beir_folder(folder, cache_dir)
+        doc_ids, docs, queries = read_beir_folder(folder, cache_dir, qrels)
+        files = beir_qrels_files(folder, qrels)
+        roles_from = "your qrels files (" + ", ".join(f"{role}: {path}" for role, path in files.items()) + ")"
     else:
         raise DataError(
             f"{folder}: no docs.jsonl (MAIR layout) or corpus.jsonl (BEIR layout) found "
             f"(also accepted: .jsonl.gz, .parquet)."
         )
-    return _make_task(name, _folder_domain(folder), doc_ids, docs, queries, str(folder), ignore_identical_ids)
+    task = _make_task(name, _folder_domain(folder), doc_ids, docs, queries, str(folder), ignore_identical_ids)
+    return dataclasses.replace(task, roles_from=roles_from)
 
 
 def load_hub_task(
@@ -172,7 +194,8 @@ def load_hub_task(
         ) from error
     doc_ids, docs, queries = read_mair_hub(raw_docs, raw_queries, name, docs_source, queries_source)
     domain = _DOMAIN_OF_MAIR_TASK.get(name.lower(), "unknown")
-    return _make_task(name, domain, doc_ids, docs, queries, f"{HUB_QUERIES}/{name}", ignore_identical_ids)
+    task = _make_task(name, domain, doc_ids, docs, queries, f"{HUB_QUERIES}/{name}", ignore_identical_ids)
+    return dataclasses.replace(task, roles_from=f"the 'split' field of {HUB_QUERIES} ({name})")
 
 
 def _make_task(

@@ -58,12 +58,17 @@ def test_both_improves_validation_over_the_aligned_start(setup, tmp_path):
     assert recipe(adapter)["best_validation"] >= curve[0]["validation"] + 0.3
     assert validation_score(setup, tmp_path / "both") == pytest.approx(recipe(adapter)["best_validation"], abs=1e-6)
     metadata = EraConfig.from_pretrained(tmp_path / "both").training_metadata
-    assert metadata["mode"] == "both" and metadata["label_budget"] == 0.4 and metadata["tasks"] == ["syn"]
+    assert metadata["mode"] == "both" and metadata["label_budget"] == 0.8 and metadata["tasks"] == ["syn"]
+    labels = metadata["labels"]["tasks"]["syn"]
+    assert (labels["training_pool"], labels["train_queries"], labels["validation_queries"], labels["test_queries"]) == (
+        60, 38, 10, 60)
+    assert labels["train_pairs"] == 38 and metadata["validation"]["strategy"] == "holdout"
     assert metadata["prompt"] == {"template": "{query}",  # stage 1's default for an encoder without prompts
                                   "chosen_by": "default: the encoder declares no prompts (not instruction-tuned)"}
     assert "InfoNCE" in metadata["recipe"]["summary"] and metadata["alignment"]
     assert metadata["seeds"] == {"split": 0, "train": 0, "alignment_sample": 0}
     split = make_split(load_tasks(setup / "data")[0], seed=0)
+    # 0.8 of the training pool is the paper protocol's 0.4 of all 120 labeled queries: the same queries
     assert metadata["split"]["syn"]["train"] == split.train(0.4) and metadata["split"]["syn"]["val"] == split.val(0.4)
     assert not (set(split.train(0.4)) | set(split.val(0.4))) & set(split.test_qids)
     # The test queries were never even embedded.
@@ -134,8 +139,8 @@ KILL_AFTER_EPOCH_3 = textwrap.dedent(
 
 
 def test_kill_and_resume_gives_the_uninterrupted_adapter(setup, tmp_path):
-    options = {"label_budget": 0.4, "mode": "both", "init": str(setup / "align"), "cache_dir": str(setup / "cache"),
-               **FAST, **RESUMABLE}
+    options = {"label_budget": 0.8, "validation": "holdout", "mode": "both", "init": str(setup / "align"),
+               "cache_dir": str(setup / "cache"), **FAST, **RESUMABLE}
     straight = adapt(setup / "data", output=tmp_path / "straight", **options)
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AFTER_EPOCH_3,
@@ -172,7 +177,7 @@ def test_two_processes_train_the_same_adapter_as_one(setup, tmp_path):
     subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "training/adapt.py", "--data", str(setup / "data"),
-         "--label-budget", "0.4", "--mode", "both", "--init", str(setup / "align"), "--cache-dir", str(setup / "cache"),
+         "--label-budget", "0.8", "--validation", "holdout", "--mode", "both", "--init", str(setup / "align"), "--cache-dir", str(setup / "cache"),
          "--output", str(tmp_path / "two"), *flags],
         cwd=REPO, check=True, capture_output=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )

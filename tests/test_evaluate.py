@@ -95,18 +95,30 @@ def test_record_writes_test_metrics_into_the_adapter_config_and_card(tmp_path, e
     assert "evaluation" not in before["training_metadata"]
     with pytest.raises(ValueError, match="--all-queries scores training queries"):
         run_evaluation(tmp_path, encoders, [str(tmp_path / "recorded")], record=True, all_queries=True)
-    report = run_evaluation(tmp_path, encoders, ["doc2doc", str(tmp_path / "recorded")], record=True, max_docs=30)
+    report = run_evaluation(tmp_path, encoders, [str(tmp_path / "recorded")], record=True, max_docs=30)
+    # --record puts the baselines in, so the card shows the adapter next to them on the same queries
+    assert list(report["results"]) == ["doc2doc", "query2query", "recorded"]
     measured = report["results"]["recorded"]["tasks"]["tiny"]
     after = EraConfig.from_pretrained(tmp_path / "recorded")
-    assert after.training_metadata["evaluation"] == {"tiny": {m: measured[m] for m in ("ndcg@10", "recall@100", "mrr@10", "map@100")}}
+    recorded = after.training_metadata["evaluation"]["tiny"]
+    metrics = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+    assert {m: recorded[m] for m in metrics} == {m: measured[m] for m in metrics}
+    assert recorded["n_queries"] == 10 and recorded["vs_doc2doc"] == measured["vs_doc2doc"]
+    for name in ("doc2doc", "query2query"):
+        theirs = report["results"][name]["tasks"]["tiny"]
+        assert {m: recorded["baselines"][name][m] for m in metrics} == {m: theirs[m] for m in metrics}
+    assert recorded["baselines"]["doc2doc"]["ndcg@10"] == pytest.approx(1.0)  # the adapter is far below it
     assert after.training_metadata["evaluation_settings"]["max_docs"] == 30
+    assert "seeded split" in after.training_metadata["evaluation_settings"]["test_source"]["tiny"]
     # everything else in config.json is unchanged
     assert {k: v for k, v in after.to_dict().items() if k != "training_metadata"} == {
         k: v for k, v in before.items() if k != "training_metadata"}
     card = ModelCard.load(tmp_path / "recorded" / "README.md")
     results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert results[("tiny", "ndcg_at_10")] == round(measured["ndcg@10"], 5)
-    assert f"{measured['ndcg@10']:.4f}" in card.text
+    assert f"| tiny | 10 | **this adapter** | {measured['ndcg@10']:.4f} |" in card.text
+    assert "| tiny | 10 | doc2doc (the index as it is: doc encoder on both sides) | 1.0000 |" in card.text
+    assert "**Below the index on `tiny`:**" in card.text
     assert not list((tmp_path / "recorded").glob(".*tmp"))  # no staging files left behind
 
 
