@@ -3,6 +3,7 @@ resume, one vs two processes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from safetensors.torch import load_file
 
 from modeling_era import EraAdapter, EraConfig
 from era_adapters.adapt import adapt
+from era_adapters.align import align
 from era_adapters.cache import EmbeddingCache
+from era_adapters.cli import adapt_main, evaluate_main
 from era_adapters.data import load_tasks
 from era_adapters.encoders import TextEncoder
 from era_adapters.loop import checkpoint_folder
@@ -24,7 +27,8 @@ from era_adapters.supervision import TaskView, task_ndcg
 
 REPO = Path(__file__).resolve().parents[1]
 
-from synonym_task import FAST, recipe, run
+from synonym_task import FAST, recipe, run, write_synonym_beir
+from tiny_models import make_tiny_bert
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,3 +191,81 @@ def test_two_processes_train_the_same_adapter_as_one(setup, tmp_path):
         torch.testing.assert_close(two[name], value, atol=1e-5, rtol=1e-4)
     assert EraConfig.from_pretrained(tmp_path / "two").training_metadata["recipe"]["curve"][-1]["validation"] == (
         pytest.approx(recipe(one)["curve"][-1]["validation"], abs=1e-6))
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's own BEIR folder: qrels/train.tsv + qrels/test.tsv, every train pair used when asked
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory):
+    """The issue's set-up in small: 40 train queries, 60 test queries, tiny Q/D and a stage-1 adapter."""
+    root = tmp_path_factory.mktemp("user")
+    query, doc = make_tiny_bert(root / "q", hidden_size=64, seed=1), make_tiny_bert(root / "d", hidden_size=32, seed=2)
+    write_synonym_beir(root / "mine", {"train": range(40), "test": range(40, 100)})
+    align(root / "mine", query_encoder=str(query), doc_encoder=str(doc), output=root / "align", cache_dir=root / "cache")
+    return root
+
+
+def test_every_train_pair_of_a_beir_folder_is_used_and_counted(user_folder, tmp_path, caplog):
+    root, out = user_folder, tmp_path / "mine-both"
+    argv = ["--data", str(root / "mine"), "--all-train-labels", "--init", str(root / "align"), "--cache-dir",
+            str(root / "cache"), "--output", str(out), "--epochs", "6", "--lr", "0.03", "--batch-size", "8"]
+    with caplog.at_level(logging.INFO):
+        assert adapt_main(argv) == 0
+    metadata = EraConfig.from_pretrained(out).training_metadata
+    train = {f"q{i}" for i in range(40)}
+    assert set(metadata["split"]["mine"]["train"]) == train and metadata["split"]["mine"]["val"] == []
+    labels = metadata["labels"]["tasks"]["mine"]
+    assert (labels["training_pool"], labels["train_queries"], labels["train_pairs"], labels["validation_queries"],
+            labels["test_queries"]) == (40, 40, 40, 0, 60)
+    assert metadata["split"]["mine"]["source"].startswith("your qrels files (train: ")
+    # 40 labels leave no 20 to hold out: 5-fold cross-validation chose the epochs, then all 40 trained
+    validation = metadata["validation"]
+    assert validation["strategy"] == "kfold" and validation["folds"] == 5 and validation["queries"] == 40
+    assert len(metadata["recipe"]["final_training_curve"]) == validation["best_epoch"]
+    card = (out / "README.md").read_text()
+    assert ("| labels used | 40 training queries (40 query-document pairs) and 0 validation queries; the 60 test "
+            "queries were never used") in card
+    assert "5-fold cross-validation over the training queries" in card
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("adapt fold 1/5 epoch 1/6: train loss") and "(best " in m for m in messages)
+    assert any(m.startswith("adapt: saved") and "40 training queries (40 pairs)" in m for m in messages)
+
+    assert evaluate_main(["--data", str(root / "mine"), "--system", str(out), "--cache-dir", str(root / "cache"),
+                          "--output", str(tmp_path / "eval"), "--record"]) == 0
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(report["tasks"]["mine"]["test_qids"]) == {f"q{i}" for i in range(40, 100)}
+    card = (out / "README.md").read_text()
+    adapter = report["results"]["mine-both"]["tasks"]["mine"]["ndcg@10"]
+    doc2doc = report["results"]["doc2doc"]["tasks"]["mine"]["ndcg@10"]
+    assert f"| mine | 60 | **this adapter** | {adapter:.4f} |" in card
+    assert f"| mine | 60 | doc2doc (the index as it is: doc encoder on both sides) | {doc2doc:.4f} |" in card
+    assert "| mine | 60 | query2query (re-index with the query encoder) |" in card
+    assert "Test queries: your qrels files (train: " in card
+    assert ("Below the index on `mine`" in card) == (adapter < doc2doc)
+
+
+def test_a_run_that_keeps_its_start_says_so_and_fails_when_asked(user_folder, tmp_path, caplog):
+    root, out = user_folder, tmp_path / "stuck"
+    argv = ["--data", str(root / "mine"), "--train-labels", "10", "--init", str(root / "align"), "--cache-dir",
+            str(root / "cache"), "--output", str(out), "--epochs", "3", "--lr", "0", "--fail-below-index"]
+    with caplog.at_level(logging.INFO):
+        assert adapt_main(argv) == 1  # nothing can beat the start at lr 0
+    assert (out / "model.safetensors").is_file()  # saved all the same, for inspection
+    warnings = EraConfig.from_pretrained(out).training_metadata["validation"]["warnings"]
+    assert warnings and warnings[0].startswith("stage 2 kept epoch 0")
+    assert any(r.levelno == logging.WARNING and "kept epoch 0" in r.getMessage() for r in caplog.records)
+    card = (out / "README.md").read_text()
+    assert "**Warning:** stage 2 kept epoch 0" in card
+    with pytest.raises(SystemExit):
+        adapt_main(argv[:-1] + ["--label-budget", "0.5"])  # two ways of counting labels at once
+
+
+def test_help_says_what_the_label_options_count(capsys):
+    with pytest.raises(SystemExit):
+        adapt_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "share b of each task's training pool" in text and "--train-labels" in text
+    assert "--all-train-labels" in text and "--fail-below-index" in text and "--test-fraction" in text

@@ -122,6 +122,17 @@ def test_record_writes_test_metrics_into_the_adapter_config_and_card(tmp_path, e
     assert not list((tmp_path / "recorded").glob(".*tmp"))  # no staging files left behind
 
 
+def test_an_adapter_trained_on_test_queries_is_refused(tmp_path, encoders):
+    write_task(tmp_path / "data" / "tiny")
+    model = tiny_adapter(encoders)
+    test = run_evaluation(tmp_path, encoders, ["doc2doc"])["tasks"]["tiny"]["test_qids"]
+    model.config.training_metadata = {"mode": "both", "split": {"tiny": {"train": [test[0]], "val": []}}}
+    save_query_encoder(model, tmp_path / "leaky")
+    with pytest.raises(ValueError, match=rf"leaky was trained on 1 of the 10 test queries of task 'tiny' \(e.g. "
+                                         rf"'{test[0]}'\)"):
+        run_evaluation(tmp_path, encoders, ["doc2doc", str(tmp_path / "leaky")])
+
+
 def test_identical_ids_are_ignored_when_the_task_asks(tmp_path, encoders):
     # As in ArguAna, each query's id is a doc id (here: the doc with the query's own text).
     overrides = {i: {"qid": f"d{i}", "labels": [{"id": f"d{i + 20}", "score": 1}]} for i in range(20)}
