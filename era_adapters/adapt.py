@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +53,7 @@ from torch import nn
 from modeling_era import EraAdapter, EraConfig
 from era_adapters.arguments import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, DataArguments, Range, Settings,
                                     option, split_options)
+from era_adapters.adapt_record import stage_metadata
 from era_adapters.artifacts import adapter_input_dim, era_config, query_side_encoder, save_query_encoder
 from era_adapters.encoders import TextEncoder, choose_prompt_template
 from era_adapters.inputs import describe, given_tasks, gives_pairs, stage_tasks
@@ -314,49 +314,6 @@ def _starting_adapter(args: AdaptArguments, seed: int, init_model: EraAdapter | 
 
 
 
-def _summary(mode: str, config: EraConfig, settings: AdaptSettings, data: AdaptData, chosen: dict[str, Any],
-             lora: dict[str, Any] | None, labels: dict[str, Any]) -> str:
-    start = "the stage-1 (aligned) adapter" if mode == "both" else "a neutral adapter (identity, or seeded random init)"
-    mining = f"re-mined every {settings.remine_every} epochs" if settings.remine_every else "mined once"
-    regs = []
-    if settings.l2_to_init:
-        regs.append(f"L2 toward the starting weights (λ={settings.l2_to_init:g})")
-    if settings.align_weight:
-        regs.append(f"alignment loss on {len(data.align_texts)} unlabeled texts (weight {settings.align_weight:g})")
-    total = labels["total"]
-    text = (
-        f"{mode}: {config.adapter_type} adapter from {start}"
-        + (f" plus LoRA (r={lora['r']}) on the query backbone" if lora else "")
-        + f", trained with InfoNCE (τ={settings.temperature:g}) over all positives, {settings.num_negatives} "
-        f"faiss-mined hard negatives ({mining})" + (" and in-batch negatives" if settings.in_batch_negatives else "")
-        + (f"; {' and '.join(regs)}" if regs else "")
-        + f"; AdamW lr {settings.lr:g}, epoch chosen by {chosen['how']} (best epoch {chosen['best_epoch']}); "
-        f"{total['train_queries']} training queries ({total['train_pairs']} pairs) + {total['validation_queries']} "
-        f"validation queries"
-    )
-    return text
-
-
-def _labels_record(data: AdaptData, args: AdaptArguments, chosen: dict[str, Any]) -> dict[str, Any]:
-    """The labels actually used, per task and in total (what the card shows)."""
-    tasks = {}
-    for index, view in enumerate(data.tasks):
-        rows = data.train_task == index
-        record = dict(view.selection.record)
-        record.update(train_queries=int(rows.sum()), train_pairs=int((data.positives[rows] >= 0).sum()),
-                      validation_queries=len(view.val_qids))
-        if data.validation == "kfold":
-            record["validation_from"] = f"{chosen['folds']}-fold cross-validation over the training queries"
-        tasks[view.name] = record
-    keys = ("train_queries", "train_pairs", "validation_queries", "test_queries")
-    return {
-        "options": args.label_options(),
-        "validation": data.validation,
-        "tasks": tasks,
-        "total": {key: sum(record[key] for record in tasks.values()) for key in keys},
-    }
-
-
 def adapt(data: Any = None, *, pairs: Any = None, corpus: dict[str, str] | None = None,
           accelerator: Accelerator | None = None, **options: Any) -> EraAdapter:
     """Run stage 2 from Python; returns the trained adapter (also saved to `output`).
@@ -420,78 +377,25 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
                                  queries=fold_queries, name=name)[0]
 
         chosen = cross_validate(adapt_data, run_fold, settings.seed)
-        chosen["how"] = (f"{chosen['folds']}-fold cross-validation over the {len(adapt_data.train_qids)} training "
-                         f"queries")
         result, negatives = LoopResult(0, chosen["best_validation"], []), None
         if chosen["best_epoch"] > 0:  # then train on all of them for the chosen number of epochs
             result, negatives = train_adapter(trained, adapt_data, replace(settings, epochs=chosen["best_epoch"]),
                                               accelerator=accelerator, queries=queries, checkpoint_dir=folder,
                                               validate=False, name="adapt (all training queries)")
-        n_validation = len(adapt_data.train_qids)
     else:
         result, negatives = train_adapter(trained, adapt_data, settings, accelerator=accelerator, queries=queries,
                                           checkpoint_dir=folder)
         n_validation = sum(len(view.val_qids) for view in adapt_data.tasks)
         chosen = {"best_epoch": result.best_epoch, "best_validation": result.best_score, "curve": result.history,
                   "doc2doc_validation": doc2doc_validation(adapt_data),
-                  "how": f"early stopping on {n_validation} validation queries"}
-    warnings = verdict(chosen["best_epoch"], chosen["best_validation"], chosen["doc2doc_validation"], n_validation,
-                       chosen["how"])
+                  "how": f"early stopping on {n_validation} validation queries", "queries": n_validation}
+    warnings = verdict(chosen["best_epoch"], chosen["best_validation"], chosen["doc2doc_validation"],
+                       chosen["queries"], chosen["how"])
     model = (trained.adapter if args.lora else trained).cpu().eval()
     config = model.config
-    labels = _labels_record(adapt_data, args, chosen)
-    metadata: dict[str, Any] = {
-        "mode": args.mode,
-        "prompt": start.pop("prompt"),
-        "label_budget": args.label_budget,
-        "labels": labels,
-        "tasks": [view.name for view in adapt_data.tasks],
-        "seeds": {"split": args.split_seed, "train": settings.seed, "alignment_sample": align_seed},
-        "max_docs": args.max_docs,
-        "arguments": args.to_dict(),
-        "split": {
-            view.name: {
-                "protocol": view.split.protocol,
-                "source": view.split.source,
-                "n_labeled": view.split.n_labeled,
-                "test_fraction": view.split.test_fraction,
-                "train": [qid for qid, t in zip(adapt_data.train_qids, adapt_data.train_task) if t == index],
-                "val": view.val_qids,
-                "n_test": len(view.split.test_qids),
-                "test_sha256": hashlib.sha256(json.dumps(sorted(view.split.test_qids)).encode()).hexdigest(),
-            }
-            for index, view in enumerate(adapt_data.tasks)
-        },
-        "validation": {
-            "strategy": adapt_data.validation,
-            "how": chosen["how"],
-            "queries": n_validation,
-            "best_epoch": chosen["best_epoch"],
-            "best": chosen["best_validation"],
-            "start": chosen["curve"][0]["validation"] if chosen["curve"] else None,
-            "doc2doc": chosen["doc2doc_validation"],
-            "warnings": warnings,
-            **({"folds": chosen["folds"], "fold_curves": chosen["fold_curves"]} if "folds" in chosen else {}),
-        },
-        "recipe": {
-            "summary": _summary(args.mode, config, settings, adapt_data, chosen, lora_config, labels),
-            "stage": "supervised adaptation (era_adapters.adapt)",
-            "start": start,
-            "hyperparameters": settings.to_dict(),
-            "lora": lora_config,
-            "validation_metric": VALIDATION_METRIC,
-            "curve": chosen["curve"],
-            "final_training_curve": result.history if adapt_data.validation == "kfold" else None,
-            "best_epoch": chosen["best_epoch"],
-            "best_validation": chosen["best_validation"],
-            "mining_rounds": negatives.rounds if negatives is not None else [],
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "processes": accelerator.num_processes,
-        },
-    }
-    if args.mode == "both":
-        metadata["alignment"] = init_metadata.get("alignment", {})
-        metadata["alignment_recipe"] = init_metadata.get("recipe", {})
+    metadata = stage_metadata(args, settings, adapt_data, chosen, result, negatives, config=config, start=start,
+                              lora=lora_config, align_seed=align_seed, init_metadata=init_metadata,
+                              warnings=warnings, processes=accelerator.num_processes)
     config.training_metadata = metadata
     if accelerator.is_main_process:
         if args.lora:
@@ -501,7 +405,7 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
         shutil.rmtree(folder, ignore_errors=True)
         for warning in warnings:
             logger.warning("WARNING: %s", warning)
-        total = labels["total"]
+        total = metadata["labels"]["total"]
         logger.info("adapt: saved %s; %d training queries (%d pairs), %s: validation nDCG@10 %s -> %.4f at epoch %d "
                     "(doc2doc %.4f on the same queries)", args.output, total["train_queries"], total["train_pairs"],
                     chosen["how"], f"{metadata['validation']['start']:.4f}" if chosen["curve"] else "n/a",

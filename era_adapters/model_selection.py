@@ -63,6 +63,8 @@ def cross_validate(data: AdaptData, run_fold: Callable[[AdaptData, str], LoopRes
         "best_epoch": best,
         "best_validation": float(mean[best]),
         "doc2doc_validation": float(np.mean(doc2doc)),
+        "queries": len(data.train_qids),
+        "how": f"{count}-fold cross-validation over the {len(data.train_qids)} training queries",
     }
 
 
