@@ -388,9 +388,9 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
         n_validation = sum(len(view.val_qids) for view in adapt_data.tasks)
         chosen = {"best_epoch": result.best_epoch, "best_validation": result.best_score, "curve": result.history,
                   "doc2doc_validation": doc2doc_validation(adapt_data),
-                  "how": f"early stopping on {n_validation} validation queries", "queries": n_validation}
-    warnings = verdict(chosen["best_epoch"], chosen["best_validation"], chosen["doc2doc_validation"],
-                       chosen["queries"], chosen["how"])
+                  "how": f"early stopping on {n_validation} validation queries", "queries": n_validation,
+                  "on": f"the {n_validation} validation queries"}
+    warnings = verdict(chosen["best_epoch"], chosen["best_validation"], chosen["doc2doc_validation"], chosen["on"])
     model = (trained.adapter if args.lora else trained).cpu().eval()
     config = model.config
     metadata = stage_metadata(args, settings, adapt_data, chosen, result, negatives, config=config, start=start,

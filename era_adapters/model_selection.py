@@ -65,22 +65,24 @@ def cross_validate(data: AdaptData, run_fold: Callable[[AdaptData, str], LoopRes
         "doc2doc_validation": float(np.mean(doc2doc)),
         "queries": len(data.train_qids),
         "how": f"{count}-fold cross-validation over the {len(data.train_qids)} training queries",
+        "on": f"the {count} cross-validation folds of the {len(data.train_qids)} training queries",
     }
 
 
-def verdict(best_epoch: int, best_validation: float, doc2doc: float, n_queries: int, how: str) -> list[str]:
-    """The warnings a stage-2 result deserves (empty when it beat both its start and doc2doc)."""
+def verdict(best_epoch: int, best_validation: float, doc2doc: float, on: str) -> list[str]:
+    """The warnings a stage-2 result deserves (empty when it beat both its start and doc2doc); `on`: the
+    validation queries, in words (e.g. "40 validation queries")."""
     warnings = []
     if best_epoch == 0:
         warnings.append(
-            f"stage 2 kept epoch 0: no training epoch beat the starting adapter on {how} ({n_queries} queries, "
-            f"nDCG@10 {best_validation:.4f}), so the saved adapter equals its start. More labels, another "
-            f"--lr or --epochs may help."
+            f"stage 2 kept epoch 0: no training epoch beat the starting adapter on {on} (nDCG@10 "
+            f"{best_validation:.4f}), so the saved adapter equals its start. More labels, another --lr or --epochs "
+            f"may help."
         )
     if np.isfinite(doc2doc) and best_validation < doc2doc:
         warnings.append(
-            f"the adapter is below doc2doc (the index as it is, D on both sides) on {how}: nDCG@10 "
-            f"{best_validation:.4f} vs {doc2doc:.4f} on {n_queries} queries; serving the index alone is better "
-            f"there. Check it on your test queries (era-evaluate) before using it."
+            f"the adapter is below doc2doc (the index as it is, D on both sides) on {on}: nDCG@10 "
+            f"{best_validation:.4f} vs {doc2doc:.4f}; serving the index alone is better there. Check it on your "
+            f"test queries (era-evaluate) before using it."
         )
     return warnings
