@@ -150,7 +150,7 @@ def _labels_used(metadata: dict[str, Any]) -> str:
 def _split_source(metadata: dict[str, Any]) -> str:
     sources = {name: split.get("source") for name, split in metadata.get("split", {}).items() if split.get("source")}
     if not sources:
-        return "not recorded"
+        return "none: no labeled queries used" if metadata.get("mode") == "align" else "not recorded"
     if len(set(sources.values())) == 1:
         return next(iter(sources.values()))
     return "; ".join(f"`{name}`: {source}" for name, source in sources.items())

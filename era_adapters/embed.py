@@ -104,7 +104,7 @@ def run_embedding(args: EmbedArguments) -> list[dict[str, Any]]:
     # cpu=True without a GPU: under `accelerate launch --multi_gpu --num_processes N` (or torchrun) on a
     # CPU-only machine this gives N gloo processes (accelerate's own `--cpu` flag launches only one).
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
-    tasks = load_tasks(args.data, args.tasks, cache_dir=cache_root(args.cache_dir) / "datasets")
+    tasks = load_tasks(args.data, args.tasks, cache_dir=cache_root(args.cache_dir) / "datasets", qrels=args.qrels_files())
     rows: list[dict[str, Any]] = []
     for model in args.model:
         encoder = TextEncoder(

@@ -136,7 +136,7 @@ def test_card_without_evaluation_instruction_slot_or_pinned_revisions():
     assert "model-index" not in metadata and metadata["datasets"] == ["stdlib-code"]
     assert "Not evaluated yet" in card.text
     assert "revision `not pinned`" in card.text and "None" not in card.text
-    assert "none: self-supervised alignment only" in card.text
+    assert "none: self-supervised alignment only" in card.text and "| split | none: no labeled queries used |" in card.text
     assert 'encode_queries(["your query"])' in card.text and "instruction=" not in card.text
     assert "revision=" not in python_blocks(card.text)[0]  # nothing to pin the doc encoder to
     for block in python_blocks(card.text):
