@@ -30,6 +30,7 @@ def train(tiny_models_py: str, work: Path) -> None:
     tiny.write_task(work / "data" / "tiny", num_docs=60, num_queries=40)
     bin_dir = Path(sys.executable).parent
     common = ["--data", str(work / "data"), "--cache-dir", str(work / "cache")]
+    run(str(bin_dir / "era-validate"), str(work / "data"))
     run(str(bin_dir / "era-align"), "--query-encoder", str(query), "--doc-encoder", str(doc), "--num-texts", "40",
         "--output", str(work / "align"), *common)
     run(str(bin_dir / "era-adapt"), "--mode", "both", "--init", str(work / "align"), "--label-budget", "0.5",
@@ -42,6 +43,7 @@ def train(tiny_models_py: str, work: Path) -> None:
     card = ModelCard.load(work / "both" / "README.md")
     results = card.data.to_dict()["model-index"][0]["results"]
     assert any(result["dataset"]["name"] == "tiny" for result in results), results
+    assert "| tiny | 20 | doc2doc (the index as it is" in card.text, "the card must show doc2doc next to the adapter"
 
     import evaluate  # the metric module ships in the wheel
     from era_adapters.metrics import EVALUATE_MODULE
@@ -55,7 +57,7 @@ def train(tiny_models_py: str, work: Path) -> None:
 
     model = EraQueryEncoder.from_pretrained(work / "both")
     (work / "expected.json").write_text(json.dumps(model.encode_queries(QUERIES).tolist()))
-    print("wheel: align, adapt, evaluate --record, card with model-index, evaluate module: ok")
+    print("wheel: validate, align, adapt, evaluate --record, card with model-index and doc2doc, evaluate module: ok")
 
 
 def reload(work: Path) -> None:

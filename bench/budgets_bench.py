@@ -21,8 +21,12 @@ optionally a seeded sample of `--max-queries` of them) over the same capped corp
 With fusion, the extra query-time cost of running both backbones is measured in the same run: Q alone
 versus Q + D on a sample of test queries (uncached), reported as a ratio.
 
-Adapters are trained per task (one index per task). Budgets count training + validation labels
-(`era_adapters.data.make_split`). Every adapter folder is kept under `<work-dir>/<settings hash>/<task>/`
+Adapters are trained per task (one index per task). Budgets follow the paper's protocol: a budget is
+a fraction of ALL of a task's labeled queries (test ones included), training + validation labels
+counted together (`era_adapters.splits.make_split`). Stage 2's own `--label-budget` is a share of the
+training pool instead, so each protocol budget is converted into the counts stage 2 takes
+(`protocol_label_options`: `train_labels`, `val_labels`, with `validation="holdout"`), which select
+exactly the protocol's queries; the counts are recorded in the output's settings. Every adapter folder is kept under `<work-dir>/<settings hash>/<task>/`
 (default runs/budgets_bench); an existing one is reused, so an interrupted run continues where it
 stopped. Output: `<output>.json`
 (per-task and macro nDCG@10, per-query values, paired sign-flip tests against doc2doc per task and
@@ -50,6 +54,7 @@ from era_adapters.align import align
 from era_adapters.data import DataError, load_tasks
 from era_adapters.evaluate import evaluate
 from era_adapters.metrics import paired_test
+from era_adapters.splits import make_split, protocol_label_options
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
@@ -80,12 +85,20 @@ def _done(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
+def protocol_labels(data: str, task: str, budgets: Sequence[float]) -> dict[float, dict[str, Any]]:
+    """Stage 2's options for each protocol budget of `task`: the counts that select the protocol's
+    training and validation queries (split seed 0, as `evaluate`'s), early stopping on the latter."""
+    split = make_split(load_tasks(data, [task])[0], seed=0, budgets=budgets)
+    return {budget: {**protocol_label_options(split, budget), "validation": "holdout"} for budget in budgets}
+
+
 def train_task_adapters(
     data: str, task: str, folder: Path, *, query_encoder: str, doc_encoder: str, budgets: Sequence[float],
     templates: Sequence[str], symmetric: bool, fusion: bool, num_texts: int, max_docs: int | None, cache_dir: str | None,
-    adapt_args: dict[str, Any], timings: dict[str, float],
+    adapt_args: dict[str, Any], timings: dict[str, float], labels: dict[float, dict[str, Any]],
 ) -> list[Path]:
-    """Train (or reuse) every adapter of one task; return their folders in table order."""
+    """Train (or reuse) every adapter of one task; return their folders in table order. `labels`: stage 2's
+    options per budget (`protocol_labels`)."""
     systems: list[Path] = []
 
     def timed(name: str, target: Path, fit) -> Path:
@@ -105,17 +118,17 @@ def train_task_adapters(
         systems.append(aligned)
         for budget in budgets:
             systems.append(timed(f"adapt[{tag}]@{budget:g}", folder / f"adapt[{tag}]@{budget:g}", lambda out: adapt(
-                data, output=out, label_budget=budget, mode="adapt", query_encoder=query_encoder,
+                data, output=out, **labels[budget], mode="adapt", query_encoder=query_encoder,
                 doc_encoder=doc_encoder, prompt_template=template, **common, **adapt_args)))
             systems.append(timed(f"both[{tag}]@{budget:g}", folder / f"both[{tag}]@{budget:g}", lambda out: adapt(
-                data, output=out, label_budget=budget, mode="both", init=aligned, **common, **adapt_args)))
+                data, output=out, **labels[budget], mode="both", init=aligned, **common, **adapt_args)))
     if symmetric:
         sym_align = timed("sym_align", folder / "sym_align", lambda out: align(
             data, query_encoder=doc_encoder, doc_encoder=doc_encoder, output=out, num_texts=num_texts,
             prompt_template="{query}", **common))
         for budget in budgets:
             systems.append(timed(f"sym_both@{budget:g}", folder / f"sym_both@{budget:g}", lambda out: adapt(
-                data, output=out, label_budget=budget, mode="both", init=sym_align, **common, **adapt_args)))
+                data, output=out, **labels[budget], mode="both", init=sym_align, **common, **adapt_args)))
     if fusion:
         fusion_align = timed("fusion_align", folder / "fusion_align", lambda out: align(
             data, query_encoder=query_encoder, doc_encoder=doc_encoder, output=out, num_texts=num_texts,
@@ -123,7 +136,7 @@ def train_task_adapters(
         systems.append(fusion_align)
         for budget in budgets:
             systems.append(timed(f"fusion@{budget:g}", folder / f"fusion@{budget:g}", lambda out: adapt(
-                data, output=out, label_budget=budget, mode="both", init=fusion_align, **common, **adapt_args)))
+                data, output=out, **labels[budget], mode="both", init=fusion_align, **common, **adapt_args)))
     return systems
 
 
@@ -255,13 +268,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Adapters trained with other settings live elsewhere: a reused folder always matches this run.
     key = json.dumps([args.query_encoder, args.doc_encoder, args.max_docs, args.num_texts, adapt_args], sort_keys=True)
     work_dir = Path(args.work_dir) / hashlib.sha256(key.encode()).hexdigest()[:10]
+    label_options = {}
     for task in tasks:
         logger.info("task %s", task)
+        label_options[task] = protocol_labels(args.data, task, args.budgets)
         folders = train_task_adapters(
             args.data, task, work_dir / task, query_encoder=args.query_encoder,
             doc_encoder=args.doc_encoder, budgets=args.budgets, templates=args.prompt_templates,
             symmetric=args.symmetric, fusion=args.fusion, num_texts=args.num_texts, max_docs=args.max_docs, cache_dir=args.cache_dir,
-            adapt_args=adapt_args, timings=timings,
+            adapt_args=adapt_args, timings=timings, labels=label_options[task],
         )
         clock = time.perf_counter()
         reports[task] = evaluate(
@@ -277,6 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fusion": args.fusion,
         "num_texts": args.num_texts, "max_docs": args.max_docs, "max_queries": args.max_queries,
         "adapt_args": adapt_args, "split_seed": 0, "machine": platform.platform(), "work_dir": str(work_dir),
+        "budget_protocol": "fractions of all labeled queries (validation included), passed to stage 2 as counts",
+        "stage2_label_options": {task: {str(b): o for b, o in options.items()} for task, options in label_options.items()},
     }
     checks = check_targets(systems, args.budgets, args.prompt_templates)
     cost_task = args.cost_task or ("scifact" if "scifact" in tasks else tasks[0])

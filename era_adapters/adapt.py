@@ -7,9 +7,15 @@
 
 What it does (docs/method.md, "Stage 2 in detail"):
 
-* Labels come from each task's seeded split (`era_adapters.splits.make_split`, the split evaluation
-  uses): the training part at `--label-budget` gives the pairs, its validation part drives early
-  stopping on nDCG@10, the test part is never read (`era_adapters.supervision`).
+* Labels come from each task's split (`era_adapters.splits`, the split evaluation uses): the test part
+  (your test qrels, else a seeded `--test-fraction`) is never read; of the training pool (your train
+  qrels, else the other labeled queries) `--label-budget` (a share), `--train-labels N` or
+  `--all-train-labels` say how many queries are used (`era_adapters.supervision`). Validation: the dev
+  pool if there is one, else `--val-fraction` held out; with fewer than 20 validation queries, k-fold
+  cross-validation chooses the epoch count instead (`--validation`; `era_adapters.model_selection`).
+* Every epoch logs its train loss and validation nDCG@10; the run ends with a summary line and a loud
+  warning when it kept its start (epoch 0) or ends below doc2doc on validation (`--fail-below-index`:
+  exit status 1 then, after saving).
 * Training runs on cached pooled Q vectors and cached D vectors of the (capped) corpus, so an epoch
   costs only adapter math (with `--lora` the backbone runs too: `era_adapters.lora`).
 * Loss: InfoNCE (`era_adapters.losses.contrastive_loss`) over every (query, positive) pair against the
@@ -28,11 +34,11 @@ What it does (docs/method.md, "Stage 2 in detail"):
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,15 +53,19 @@ from torch import nn
 from modeling_era import EraAdapter, EraConfig
 from era_adapters.arguments import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, DataArguments, Range, Settings,
                                     option, split_options)
+from era_adapters.adapt_record import stage_metadata
 from era_adapters.artifacts import adapter_input_dim, era_config, query_side_encoder, save_query_encoder
-from era_adapters.data import load_tasks
 from era_adapters.encoders import TextEncoder, choose_prompt_template
+from era_adapters.inputs import describe, given_tasks, gives_pairs, stage_tasks
 from era_adapters.lora import LoraQueries, build_lora_model, default_lora_config, save_lora_query_encoder
 from era_adapters.loop import (LoopConfig, LoopResult, checkpoint_folder, claim_checkpoint_folder, local_rows,
                                seeded_batches, train, trainable_fingerprint)
 from era_adapters.losses import alignment_loss, contrastive_loss, l2_to_start, pair_weights
 from era_adapters.mining import Negatives
-from era_adapters.supervision import VALIDATION_METRIC, AdaptData, CachedQueries, load_adapt_data, task_ndcg
+from era_adapters.model_selection import BelowIndexError, cross_validate, verdict
+from era_adapters.splits import DEFAULT_VAL_FRACTION, MIN_VALIDATION_QUERIES
+from era_adapters.supervision import (VALIDATION_METRIC, AdaptData, CachedQueries, doc2doc_validation, load_adapt_data,
+                                      validation_score)
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +121,24 @@ class AdaptArguments(DataArguments):
     """What stage 2 runs on and where its adapter goes."""
 
     output: str = option(help="folder for the adapted EraQueryEncoder")
-    label_budget: float = option(help="fraction of each task's labeled queries used (training + validation)",
-                                 valid=FRACTION)
+    label_budget: float | None = option(
+        None, help="share b of each task's training pool (the queries of its train qrels / split, else its labeled "
+                   "queries outside the test part) to use: round(b × pool) queries, the validation ones held out of "
+                   "them unless there is a dev pool", valid=FRACTION)
+    train_labels: int | None = option(None, help="the same as a count: use N queries of each task's training pool",
+                                      valid=AT_LEAST_ONE)
+    all_train_labels: bool = option(False, help="train on every query of the training pool (validation: the dev "
+                                                "pool if any, else k-fold cross-validation)")
+    val_fraction: float = option(DEFAULT_VAL_FRACTION, help="share of the used labels held out for validation when "
+                                                            "there is no dev pool", valid=Range(0, 1, open_high=True))
+    val_labels: int | None = option(None, help="validation queries: that many of the dev pool, or held out of the "
+                                               "used labels (instead of --val-fraction)", valid=NON_NEGATIVE)
+    validation: Literal["auto", "holdout", "kfold"] = option(
+        "auto", help="how the epoch is chosen. holdout: early stopping on the validation queries; kfold: 5-fold "
+                     "cross-validation over training + validation queries picks the epoch count, then all of them "
+                     f"train; auto: holdout with at least {MIN_VALIDATION_QUERIES} validation queries, else kfold")
+    fail_below_index: bool = option(False, help="exit with status 1 (after saving) when stage 2 keeps its start "
+                                                "(epoch 0) or ends below doc2doc on validation")
     mode: Literal["both", "adapt"] = option("both", help="both: ERA, from the stage-1 adapter (--init); "
                                                          "adapt: labels only, from a neutral adapter")
     init: str | None = option(None, help="stage-1 adapter folder (training/align.py --output), for --mode both")
@@ -135,6 +161,21 @@ class AdaptArguments(DataArguments):
     lora_targets: list[str] | None = option(None, help="module names for the LoRA (default: the attention "
                                                        "query/value projections)")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        chosen = [name for name, value in (("--label-budget", self.label_budget), ("--train-labels", self.train_labels),
+                                           ("--all-train-labels", self.all_train_labels or None)) if value is not None]
+        if len(chosen) != 1:
+            raise ValueError("say how many labels stage 2 uses with exactly one of --label-budget B (a share of the "
+                             "training pool), --train-labels N or --all-train-labels; got "
+                             f"{', '.join(chosen) or 'none'}.")
+
+    def label_options(self) -> dict[str, Any]:
+        """The options of `era_adapters.splits.select_labels`."""
+        return {"label_budget": self.label_budget, "train_labels": self.train_labels,
+                "all_train_labels": self.all_train_labels, "val_labels": self.val_labels,
+                "val_fraction": self.val_fraction}
+
 
 @dataclass
 class StepBatch:
@@ -152,8 +193,11 @@ def train_adapter(
     accelerator: Accelerator,
     queries: Any,
     checkpoint_dir: Path | None = None,
+    validate: bool = True,
+    name: str = "adapt",
 ) -> tuple[LoopResult, Negatives]:
-    """Run the contrastive training of `model` (in place; best validation epoch restored)."""
+    """Run the contrastive training of `model` (in place; best validation epoch restored; `validate=False`:
+    all `settings.epochs`, the last kept)."""
     device = accelerator.device
     docs = torch.from_numpy(data.doc_vectors).to(device)
     positives = torch.from_numpy(data.positives).to(device)
@@ -193,20 +237,19 @@ def train_adapter(
 
     align_targets = torch.from_numpy(data.align_targets).to(device) if use_align else None
 
-    def validate(model_: nn.Module) -> float:
+    def validation(model_: nn.Module) -> float:
         model_.eval()
-        scores = [task_ndcg(view, data.doc_vectors, queries.validation(model_, index))
-                  for index, view in enumerate(data.tasks) if view.val_qids]
-        score = float(np.mean(scores)) if scores else float("nan")
+        score = validation_score(data, lambda index, view: queries.validation(model_, index))
         if world > 1:
             score = broadcast_object_list([score])[0]
         return score
 
     if checkpoint_dir is not None:
         claim_checkpoint_folder(checkpoint_dir, _run_record(settings, data, model), accelerator)
-    result = train(model, batches_for_epoch=batches, loss_fn=loss_fn, validate=validate,
+    result = train(model, batches_for_epoch=batches, loss_fn=loss_fn, validate=validation if validate else None,
                    config=settings.loop_config(), accelerator=accelerator, checkpoint_dir=checkpoint_dir,
-                   steps_per_epoch=math.ceil(n_train / settings.batch_size), on_epoch_start=negatives.on_epoch_start)
+                   steps_per_epoch=math.ceil(n_train / settings.batch_size), on_epoch_start=negatives.on_epoch_start,
+                   name=name, metric=f"validation {VALIDATION_METRIC}")
     return result, negatives
 
 
@@ -222,7 +265,8 @@ def _run_record(settings: AdaptSettings, data: AdaptData, model: nn.Module) -> d
     }
 
 
-def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, TextEncoder, TextEncoder, dict[str, Any]]:
+def _starting_adapter(args: AdaptArguments, seed: int, init_model: EraAdapter | None = None,
+                      ) -> tuple[EraAdapter, TextEncoder, TextEncoder, dict[str, Any]]:
     mode, init, query_encoder, doc_encoder = args.mode, args.init, args.query_encoder, args.doc_encoder
     cache_dir, embed_batch_size, prompt_template = args.cache_dir, args.embed_batch_size, args.prompt_template
     if mode not in MODES:
@@ -230,8 +274,8 @@ def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, Text
     if mode == "both":
         if init is None:
             raise ValueError("--mode both starts from the stage-1 adapter: pass --init OUT_ALIGN.")
-        config = EraConfig.from_pretrained(init)
-        model = EraAdapter.from_pretrained(init)
+        config = init_model.config if init_model is not None else EraConfig.from_pretrained(init)
+        model = copy.deepcopy(init_model) if init_model is not None else EraAdapter.from_pretrained(init)
         for given, expected, side in ((query_encoder, config.query_encoder, "query"), (doc_encoder, config.doc_encoder, "doc")):
             if given is not None and str(given) != str(expected):
                 raise ValueError(f"--{side}-encoder {given} differs from the {side} encoder of {init} ({expected}).")
@@ -269,105 +313,89 @@ def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, Text
     return model, q_encoder, d_encoder, start
 
 
-def _summary(mode: str, config: EraConfig, settings: AdaptSettings, data: AdaptData, result: LoopResult,
-             lora: dict[str, Any] | None, budget: float) -> str:
-    start = "the stage-1 (aligned) adapter" if mode == "both" else "a neutral adapter (identity, or seeded random init)"
-    mining = f"re-mined every {settings.remine_every} epochs" if settings.remine_every else "mined once"
-    regs = []
-    if settings.l2_to_init:
-        regs.append(f"L2 toward the starting weights (λ={settings.l2_to_init:g})")
-    if settings.align_weight:
-        regs.append(f"alignment loss on {len(data.align_texts)} unlabeled texts (weight {settings.align_weight:g})")
-    n_val = sum(len(view.val_qids) for view in data.tasks)
-    text = (
-        f"{mode}: {config.adapter_type} adapter from {start}"
-        + (f" plus LoRA (r={lora['r']}) on the query backbone" if lora else "")
-        + f", trained with InfoNCE (τ={settings.temperature:g}) over all positives, {settings.num_negatives} "
-        f"faiss-mined hard negatives ({mining})" + (" and in-batch negatives" if settings.in_batch_negatives else "")
-        + (f"; {' and '.join(regs)}" if regs else "")
-        + f"; AdamW lr {settings.lr:g}, early stopping on validation nDCG@10 (best epoch {result.best_epoch}); "
-        f"{len(data.train_qids)} training + {n_val} validation labeled queries (label budget {budget:g})"
-    )
-    return text
 
+def adapt(data: Any = None, *, pairs: Any = None, corpus: dict[str, str] | None = None,
+          accelerator: Accelerator | None = None, **options: Any) -> EraAdapter:
+    """Run stage 2 from Python; returns the trained adapter (also saved to `output`).
 
-def adapt(data: str | os.PathLike, *, accelerator: Accelerator | None = None, **options: Any) -> EraAdapter:
-    """Run stage 2 from Python; `options` are the fields of `AdaptArguments` (output, label_budget, mode,
-    init, ...) and of `AdaptSettings` (temperature, epochs, lr, ...). Returns the trained adapter."""
+    `data`: a folder or Hub task names (as `--data`), `Task`s (`era_adapters.inputs`), or a
+    `datasets.Dataset` with `anchor` / `positive` columns; or `pairs=[(query, positive doc id or text),
+    ...]` with `corpus={doc_id: text}`. In-memory pairs are all training pairs (no test part carved unless
+    `test_fraction` says so). `init` may be the `EraAdapter` that `align` returned. `options` are the
+    fields of `AdaptArguments` (output, label_budget | train_labels | all_train_labels, mode, init, ...)
+    and of `AdaptSettings` (temperature, epochs, lr, ...)."""
+    tasks = given_tasks(data, pairs=pairs, corpus=corpus)
+    if gives_pairs(data, pairs):
+        options.setdefault("test_fraction", 0.0)  # pairs given to train on: all of them are the training pool
+    init_model = options.get("init") if isinstance(options.get("init"), EraAdapter) else None
+    if init_model is not None:
+        options["init"] = f"an in-memory EraAdapter ({init_model.config.training_metadata.get('mode', 'untrained')})"
     run, hyper = split_options(options, AdaptArguments, AdaptSettings)
-    return run_adaptation(AdaptArguments(data=data, **run), AdaptSettings(**hyper), accelerator=accelerator)
+    args = AdaptArguments(data=describe(tasks) if tasks is not None else data, **run)
+    return run_adaptation(args, AdaptSettings(**hyper), accelerator=accelerator, tasks=tasks, init_model=init_model)
 
 
 def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
-                   accelerator: Accelerator | None = None) -> EraAdapter:
+                   accelerator: Accelerator | None = None, tasks: list | None = None,
+                   init_model: EraAdapter | None = None) -> EraAdapter:
     """Run stage 2 and save the adapted query encoder to `args.output`; returns the trained adapter.
-    With a LoRA, the returned adapter is the adapter part; the LoRA weights are in the saved folder."""
+    With a LoRA, the returned adapter is the adapter part; the LoRA weights are in the saved folder.
+    `tasks`: in-memory tasks instead of `args.data`; `init_model`: the starting adapter instead of `args.init`.
+    Raises `BelowIndexError` (after saving) with `args.fail_below_index` when the verdict has warnings."""
     settings = (settings or AdaptSettings()).for_mode(args.mode)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(settings.seed)
-    model, q_encoder, d_encoder, start = _starting_adapter(args, settings.seed)
+    model, q_encoder, d_encoder, start = _starting_adapter(args, settings.seed, init_model)
     if args.lora and model.config.adapter_type == "fusion":
         raise ValueError("--lora is not supported with a fusion adapter (two query backbones); drop --lora.")
     init_metadata = dict(model.config.training_metadata)
     align_seed = int(init_metadata.get("seeds", {}).get("sample", settings.seed)) if args.mode == "both" else settings.seed
     adapt_data = load_adapt_data(
-        load_tasks(args.data, args.tasks, **args.load_options()), label_budget=args.label_budget,
-        split_seed=args.split_seed,
-        query_encoder=q_encoder, doc_encoder=d_encoder, max_docs=args.max_docs, cache_dir=args.cache_dir,
-        accelerator=accelerator, align_texts=settings.align_texts if settings.align_weight > 0 else 0,
-        align_seed=align_seed,
+        stage_tasks(args, tasks), labels=args.label_options(), validation=args.validation, split_seed=args.split_seed,
+        test_fraction=args.test_fraction, query_encoder=q_encoder, doc_encoder=d_encoder, max_docs=args.max_docs,
+        cache_dir=args.cache_dir, accelerator=accelerator,
+        align_texts=settings.align_texts if settings.align_weight > 0 else 0, align_seed=align_seed,
     )
     lora_config = None
     if args.lora:
         lora_config = default_lora_config(q_encoder, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
-        trained = build_lora_model(model, q_encoder, lora_config, settings.seed).to(accelerator.device)
-        queries = LoraQueries(adapt_data, accelerator.device, q_encoder.max_length, q_encoder.do_lower_case,
-                              batch_size=args.embed_batch_size)
-    else:
-        trained = model.to(accelerator.device)
-        queries = CachedQueries(adapt_data, accelerator.device)
+
+    def fresh(data: AdaptData) -> tuple[nn.Module, Any]:
+        """A trainable copy of the starting adapter (with a new LoRA) and what embeds `data`'s queries for it."""
+        if args.lora:
+            trained = build_lora_model(copy.deepcopy(model), q_encoder, lora_config, settings.seed)
+            return trained.to(accelerator.device), LoraQueries(data, accelerator.device, q_encoder.max_length,
+                                                              q_encoder.do_lower_case, batch_size=args.embed_batch_size)
+        return copy.deepcopy(model).to(accelerator.device), CachedQueries(data, accelerator.device)
+
     folder = checkpoint_folder(args.output)
-    result, negatives = train_adapter(trained, adapt_data, settings, accelerator=accelerator, queries=queries,
-                                      checkpoint_dir=folder)
+    trained, queries = fresh(adapt_data)
+    if adapt_data.validation == "kfold":
+        def run_fold(fold: AdaptData, name: str) -> LoopResult:
+            fold_model, fold_queries = fresh(fold)
+            return train_adapter(fold_model, fold, replace(settings, patience=settings.epochs), accelerator=accelerator,
+                                 queries=fold_queries, name=name)[0]
+
+        chosen = cross_validate(adapt_data, run_fold, settings.seed)
+        result, negatives = LoopResult(0, chosen["best_validation"], []), None
+        if chosen["best_epoch"] > 0:  # then train on all of them for the chosen number of epochs
+            result, negatives = train_adapter(trained, adapt_data, replace(settings, epochs=chosen["best_epoch"]),
+                                              accelerator=accelerator, queries=queries, checkpoint_dir=folder,
+                                              validate=False, name="adapt (all training queries)")
+    else:
+        result, negatives = train_adapter(trained, adapt_data, settings, accelerator=accelerator, queries=queries,
+                                          checkpoint_dir=folder)
+        n_validation = sum(len(view.val_qids) for view in adapt_data.tasks)
+        chosen = {"best_epoch": result.best_epoch, "best_validation": result.best_score, "curve": result.history,
+                  "doc2doc_validation": doc2doc_validation(adapt_data),
+                  "how": f"early stopping on {n_validation} validation queries", "queries": n_validation,
+                  "on": f"the {n_validation} validation queries"}
+    warnings = verdict(chosen["best_epoch"], chosen["best_validation"], chosen["doc2doc_validation"], chosen["on"])
     model = (trained.adapter if args.lora else trained).cpu().eval()
     config = model.config
-    metadata: dict[str, Any] = {
-        "mode": args.mode,
-        "prompt": start.pop("prompt"),
-        "label_budget": args.label_budget,
-        "tasks": [view.name for view in adapt_data.tasks],
-        "seeds": {"split": args.split_seed, "train": settings.seed, "alignment_sample": align_seed},
-        "max_docs": args.max_docs,
-        "arguments": args.to_dict(),
-        "split": {
-            view.name: {
-                "protocol": view.split.protocol,
-                "n_labeled": view.split.n_labeled,
-                "train": [qid for qid, t in zip(adapt_data.train_qids, adapt_data.train_task) if t == index],
-                "val": view.val_qids,
-                "n_test": len(view.split.test_qids),
-                "test_sha256": hashlib.sha256(json.dumps(sorted(view.split.test_qids)).encode()).hexdigest(),
-            }
-            for index, view in enumerate(adapt_data.tasks)
-        },
-        "recipe": {
-            "summary": _summary(args.mode, config, settings, adapt_data, result, lora_config, args.label_budget),
-            "stage": "supervised adaptation (era_adapters.adapt)",
-            "start": start,
-            "hyperparameters": settings.to_dict(),
-            "lora": lora_config,
-            "validation_metric": VALIDATION_METRIC,
-            "curve": result.history,
-            "best_epoch": result.best_epoch,
-            "best_validation": result.best_score,
-            "mining_rounds": negatives.rounds,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "processes": accelerator.num_processes,
-        },
-    }
-    if args.mode == "both":
-        metadata["alignment"] = init_metadata.get("alignment", {})
-        metadata["alignment_recipe"] = init_metadata.get("recipe", {})
+    metadata = stage_metadata(args, settings, adapt_data, chosen, result, negatives, config=config, start=start,
+                              lora=lora_config, align_seed=align_seed, init_metadata=init_metadata,
+                              warnings=warnings, processes=accelerator.num_processes)
     config.training_metadata = metadata
     if accelerator.is_main_process:
         if args.lora:
@@ -375,7 +403,14 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
         else:
             save_query_encoder(model, args.output)
         shutil.rmtree(folder, ignore_errors=True)
-        logger.info("adapted query encoder saved to %s (validation nDCG@10 %.4f -> %.4f at epoch %d)", args.output,
-                    result.history[0]["validation"], result.best_score, result.best_epoch)
+        for warning in warnings:
+            logger.warning("WARNING: %s", warning)
+        total = metadata["labels"]["total"]
+        logger.info("adapt: saved %s; %d training queries (%d pairs), %s: validation nDCG@10 %s -> %.4f at epoch %d "
+                    "(doc2doc %.4f on the same queries)", args.output, total["train_queries"], total["train_pairs"],
+                    chosen["how"], f"{metadata['validation']['start']:.4f}" if chosen["curve"] else "n/a",
+                    chosen["best_validation"], chosen["best_epoch"], chosen["doc2doc_validation"])
     accelerator.wait_for_everyone()
+    if args.fail_below_index and warnings:
+        raise BelowIndexError(" ".join(warnings) + f" (the adapter is saved in {args.output}; --fail-below-index)")
     return model

@@ -30,8 +30,9 @@ from modeling_era import EraAdapter, EraConfig
 from era_adapters.arguments import AT_LEAST_ONE, NON_NEGATIVE, DataArguments, option
 from era_adapters.artifacts import era_config, save_query_encoder
 from era_adapters.cache import embed_texts
-from era_adapters.data import Task, cap_corpus, load_tasks
+from era_adapters.data import Task, cap_corpus
 from era_adapters.encoders import TextEncoder, choose_prompt_template
+from era_adapters.inputs import describe, given_tasks, stage_tasks
 from era_adapters.loop import LoopConfig, checkpoint_folder, local_rows, seeded_batches, train
 from era_adapters.losses import alignment_loss
 from era_adapters.search import exact_search
@@ -55,7 +56,8 @@ class AlignmentTexts:
 
 
 def sample_texts(
-    tasks: Sequence[Task], num_texts: int, seed: int, query_encoder: TextEncoder, with_queries: bool = False
+    tasks: Sequence[Task], num_texts: int, seed: int, query_encoder: TextEncoder, with_queries: bool = False,
+    test_fraction: float = 0.5,
 ) -> AlignmentTexts:
     """`num_texts` corpus documents per task (seeded), plus the non-test queries if asked.
 
@@ -72,7 +74,7 @@ def sample_texts(
         doc_side += docs
         counts[task.name] = {"documents": len(docs), "queries": 0}
         if with_queries:
-            test = set(make_split(task, seed=seed).test_qids)
+            test = set(make_split(task, seed=seed, test_fraction=test_fraction).test_qids)
             queries = [q for q in task.queries if q.qid not in test]
             query_side += [query_encoder.format_query(q.query, q.instruction) for q in queries]
             doc_side += [q.query for q in queries]
@@ -210,7 +212,8 @@ def fit_gradient(
 
     steps = -(-len(inputs) // batch_size)
     result = train(adapter, batches_for_epoch=batches, loss_fn=loss_fn, validate=validate, config=loop,
-                   accelerator=accelerator, checkpoint_dir=checkpoint_dir, steps_per_epoch=steps)
+                   accelerator=accelerator, checkpoint_dir=checkpoint_dir, steps_per_epoch=steps, name="align",
+                   metric="held-out cosine")
     return result.history
 
 
@@ -288,12 +291,20 @@ class AlignArguments(DataArguments):
                              "Q branch.")
 
 
-def align(data: str | os.PathLike, *, accelerator: Accelerator | None = None, **options: Any) -> EraAdapter:
-    """Run stage 1 from Python; `options` are the fields of `AlignArguments`. Returns the fitted adapter."""
-    return run_alignment(AlignArguments(data=data, **options), accelerator)
+def align(data: Any = None, *, texts: Sequence[str] | None = None, accelerator: Accelerator | None = None,
+          **options: Any) -> EraAdapter:
+    """Run stage 1 from Python; returns the fitted adapter (also saved to `output`). `data`: a folder or
+    Hub task names (as `--data`) or `Task`s (`era_adapters.inputs`); or `texts=[...]`, unlabeled texts
+    to align on. `options` are the fields of `AlignArguments`."""
+    tasks = given_tasks(data, texts=texts)
+    if tasks is not None:
+        options.setdefault("num_texts", max(len(task.doc_ids) for task in tasks))  # every text given
+    args = AlignArguments(data=describe(tasks) if tasks is not None else data, **options)
+    return run_alignment(args, accelerator, tasks=tasks)
 
 
-def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None) -> EraAdapter:
+def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None, tasks: list | None = None,
+                  ) -> EraAdapter:
     """Run stage 1 and save the aligned query encoder to `args.output`; returns the fitted adapter.
 
     `adapter="fusion"`: the Q branch (family `fusion_branch`) is fitted exactly like that family alone
@@ -306,9 +317,8 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None) 
     prompt = choose_prompt_template(q_encoder, args.prompt_template)
     q_encoder.query_template = prompt["template"]
     d_encoder = TextEncoder(args.doc_encoder, cache_dir=args.cache_dir, batch_size=args.embed_batch_size)
-    tasks = load_tasks(args.data, args.tasks, **args.load_options())
-    loaded = [cap_corpus(task, args.max_docs, args.seed) for task in tasks]
-    texts = sample_texts(loaded, args.num_texts, args.seed, q_encoder, args.with_queries)
+    loaded = [cap_corpus(task, args.max_docs, args.seed) for task in stage_tasks(args, tasks)]
+    texts = sample_texts(loaded, args.num_texts, args.seed, q_encoder, args.with_queries, args.test_fraction)
     embed = {"cache_dir": args.cache_dir, "accelerator": accelerator}
     # Texts are already formatted for each side (prompted queries on Q's), so embed them as they are.
     x = embed_texts(q_encoder, texts.query_side, **embed)
@@ -370,7 +380,9 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None) 
     if accelerator.is_main_process:
         save_query_encoder(model, args.output)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        logger.info("aligned adapter saved to %s: %s", args.output, quality)
+        logger.info("align: saved %s; %s; held-out cosine %.4f, twin recall@1 %.3f on %d held-out texts",
+                    args.output, metadata_recipe["summary"], quality["held_out_cosine"], quality["twin_recall@1"],
+                    quality["held_out_texts"])
     accelerator.wait_for_everyone()
     return model
 

@@ -105,10 +105,23 @@ class DataArguments(Settings):
                                                "embed them as empty, as BEIR and MTEB do); counted either way")
     skip_bad_tasks: bool = option(False, help="leave out the task folders under --data that cannot be read, listed "
                                               "in a warning (default: stop with an error naming the first)")
+    train_qrels: str | None = option(None, help="qrels file (query-id, corpus-id, score) whose queries form the "
+                                                "training pool of a BEIR task (default: its qrels/train.tsv)")
+    dev_qrels: str | None = option(None, help="qrels file of the validation (dev) queries (default: qrels/dev.tsv)")
+    test_qrels: str | None = option(None, help="qrels file of the test queries, never trained on (default: "
+                                               "qrels/test.tsv)")
+    test_fraction: float = option(0.5, help="share of the labeled queries carved off (seeded) as the test part when "
+                                            "the data marks no test queries; 0: no test part. Every stage must use "
+                                            "the same value", valid=Range(0, 1, open_high=True))
 
     def load_options(self) -> dict[str, Any]:
         """The keyword arguments of `era_adapters.data.load_tasks` that these settings fix."""
-        return {"drop_empty_docs": self.drop_empty_docs, "skip_bad_tasks": self.skip_bad_tasks}
+        return {"drop_empty_docs": self.drop_empty_docs, "skip_bad_tasks": self.skip_bad_tasks,
+                "qrels": self.qrels_files()}
+
+    def qrels_files(self) -> dict[str, str | None]:
+        """The qrels file given for each role (None: the task folder's own)."""
+        return {"train": self.train_qrels, "dev": self.dev_qrels, "test": self.test_qrels}
 
 
 class ArgumentParser(HfArgumentParser):

@@ -12,11 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
 from modeling_era.modeling_era import atomic_folder, atomic_write
-from era_adapters.cards import write_model_card
+from era_adapters.cards import CARD_METRICS, write_model_card
 from era_adapters.encoders import FusedEncoder, TextEncoder
 from era_adapters.models import weights_fingerprint
+from era_adapters.metrics import paired_test
 
 
 def era_config(
@@ -124,3 +127,33 @@ def record_evaluation(folder: str | os.PathLike, evaluation: dict[str, dict[str,
         shutil.copytree(folder, staging, copy_function=os.link, dirs_exist_ok=True)  # links: no data copied
         atomic_write(staging / "config.json", config.to_json_string())
         write_model_card(staging, repo_id=folder.name, config=config)
+
+
+def record_in_adapters(report: dict[str, Any]) -> None:
+    """Store in each local adapter folder its per-task test metrics with the query count, doc2doc's and
+    query2query's on the same queries, the paired sign-flip tests, and the evaluation settings."""
+    settings = {key: value for key, value in report["settings"].items() if key != "all_queries"}
+    settings["test_source"] = {task: entry["split"]["source"] for task, entry in report["tasks"].items()}
+    results = report["results"]
+    for result in results.values():
+        path = result["system"].get("path")
+        if result["system"]["kind"] != "adapter" or not Path(path).is_dir():
+            continue  # a Hub id: nothing local to write
+        record_evaluation(path, {task: _card_entry(result, results, task) for task in result["tasks"]}, settings)
+
+
+def _card_entry(result: dict[str, Any], results: dict[str, Any], task: str) -> dict[str, Any]:
+    entry = result["tasks"][task]
+    card = {metric: entry[metric] for metric in CARD_METRICS if metric in entry}
+    card["n_queries"] = entry["n_queries"]
+    card["baselines"] = {}
+    for name in ("doc2doc", "query2query"):
+        if name in results:
+            theirs = results[name]["tasks"][task]
+            card["baselines"][name] = {metric: theirs[metric] for metric in CARD_METRICS if metric in theirs}
+            if "vs_doc2doc" in theirs:  # query2query against the index, on the same queries
+                card["baselines"][name]["vs_doc2doc"] = theirs["vs_doc2doc"]
+            card[f"vs_{name}"] = paired_test(
+                np.array([entry["per_query"][qid]["ndcg@10"] for qid in entry["per_query"]]),
+                np.array([theirs["per_query"][qid]["ndcg@10"] for qid in entry["per_query"]]))
+    return card

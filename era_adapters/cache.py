@@ -50,6 +50,7 @@ __all__ = [
     "embed_queries",
     "embed_texts",
     "ensure_embedded",
+    "progress_bar",
     "text_digest",
 ]
 
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 1024
+# A progress bar appears once an embedding call has run this long, whatever its number of texts
+# (tqdm's `delay`), so quick calls stay quiet and slow ones (a few long documents with a big model) do not.
+PROGRESS_DELAY_SECONDS = 3.0
 _DIGEST_BYTES = 16
 _DIGEST_DTYPE = f"S{_DIGEST_BYTES}"
 
@@ -486,14 +490,10 @@ def ensure_embedded(
     shards = [plan[i : i + shard_size] for i in range(0, len(plan), shard_size)]
     mine = shards[rank::world]
     todo = sum(len(s) for s in mine)
-    show = is_main and (progress if progress is not None else todo >= 512)
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        label = getattr(encoder, "model_id", "texts").split("/")[-1]
-        desc = f"embed {label}" + (f" [rank 0 of {world}]" if world > 1 else "")
-        bar = tqdm(total=todo, unit="text", desc=desc, mininterval=1.0, dynamic_ncols=True)
+    bar = progress_bar(encoder, todo, progress if is_main else False, world)
+    if is_main and missing:
+        logger.info("%s: embedding %d of %d texts (%d cached)", getattr(encoder, "model_id", "encoder"), len(missing),
+                    len(unique), len(unique) - len(missing))
     try:
         for shard in mine:
             shard_texts = [texts[first[d]] for d in shard]
@@ -525,6 +525,19 @@ def ensure_embedded(
     return stats
 
 
+def progress_bar(encoder: Any, total: int, progress: bool | None, world: int = 1) -> Any:
+    """A tqdm bar over `total` texts: shown after PROGRESS_DELAY_SECONDS (`progress=None`), at once (True),
+    or never (False, or nothing to do)."""
+    if progress is False or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    label = getattr(encoder, "model_id", "texts").split("/")[-1]
+    desc = f"embed {label}" + (f" [rank 0 of {world}]" if world > 1 else "")
+    delay = 0.0 if progress else PROGRESS_DELAY_SECONDS
+    return tqdm(total=total, unit="text", desc=desc, mininterval=1.0, dynamic_ncols=True, delay=delay)
+
+
 def embed_texts(
     encoder: Any,
     texts: Sequence[str],
@@ -552,7 +565,12 @@ def embed_texts(
                   "shard_size": shard_size, "progress": progress}
         return np.concatenate([embed_texts(part, texts, cache=cache, **kwargs) for part in parts], axis=1)
     if cache is False:
-        return encoder.encode(texts, batch_size=batch_size)
+        bar = progress_bar(encoder, len(texts), progress)
+        try:
+            return encoder.encode(texts, batch_size=batch_size, on_batch=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
     if not texts:
         return np.zeros((0, encoder.dim), dtype=np.float32)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache.for_encoder(encoder, cache_dir)

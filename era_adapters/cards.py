@@ -17,7 +17,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from modeling_era import EraConfig
 from modeling_era.modeling_era import BACKBONE_PREFIX, WEIGHTS_NAME, atomic_write
 
-CARD_TEMPLATE = importlib.resources.files("era_adapters.model_cards") / "era_adapter.md"
+# The checkout's model_cards/ when run from a source tree (an editable install elsewhere would point the
+# package resource at its own copy), else the copy shipped in the wheel as era_adapters/model_cards/.
+_CHECKOUT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "era_adapter.md"
+CARD_TEMPLATE = (_CHECKOUT_TEMPLATE if _CHECKOUT_TEMPLATE.is_file()
+                 else importlib.resources.files("era_adapters.model_cards") / "era_adapter.md")
 CARD_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -75,10 +79,13 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
         num_parameters=f"{num_parameters:,}",
         bundled=config.bundle_backbone,
         recipe=metadata.get("recipe", {}).get("summary", "see training_metadata in config.json"),
-        label_budget=_label_budget(metadata.get("label_budget")),
+        label_budget=_labels_used(metadata),
+        split_source=_split_source(metadata),
+        validation_text=_validation_text(metadata),
         datasets_text=", ".join(f"`{name}`" for name in datasets) or "not recorded",
         training_details=_training_details(metadata),
         metrics_table=_metrics_table(evaluation),
+        below_index=_below_index(evaluation),
         uses_instruction="{instruction}" in config.prompt_template,
         instruction_literal=repr(config.default_instruction),  # a valid Python string in the usage snippet
         evaluated=bool(evaluation),
@@ -89,6 +96,7 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
         fusion_dim=config.fusion_dim,
         fusion_pooling=config.fusion_pooling,
         evaluation_scope=_evaluation_scope(metadata.get("evaluation_settings", {})),
+        test_source=_test_source(metadata.get("evaluation_settings", {})),
         **{key: getattr(config, key) for key in (
             "query_encoder", "doc_encoder", "query_dim", "doc_dim", "adapter_type", "pooling", "similarity",
             "normalize_output", "prompt_template", "default_instruction")},
@@ -104,6 +112,15 @@ def _evaluation_scope(settings: dict[str, Any]) -> str:
     return scope
 
 
+def _test_source(settings: dict[str, Any]) -> str:
+    sources = settings.get("test_source") or {}
+    if not sources:
+        return "not recorded"
+    if len(set(sources.values())) == 1:
+        return next(iter(sources.values()))
+    return "; ".join(f"`{task}`: {source}" for task, source in sources.items())
+
+
 def _hub_id(name: str | None) -> str | None:
     """`name` if it can be a Hub model id (org/name, not an existing local folder), else None."""
     if not name or not _HUB_ID.match(name) or os.path.exists(name):
@@ -111,35 +128,100 @@ def _hub_id(name: str | None) -> str | None:
     return name
 
 
-def _label_budget(budget: Any) -> str:
-    if budget is None:
-        return "none: self-supervised alignment only, no labeled queries"
-    if isinstance(budget, (int, float)) and 0 < budget <= 1:
-        return f"{budget:.0%} of each task's labeled queries (validation labels included)"
-    return str(budget)
+def _labels_used(metadata: dict[str, Any]) -> str:
+    """The labels stage 2 actually used, per role, as `training_metadata["labels"]` counted them."""
+    labels = metadata.get("labels")
+    if labels is None:
+        if metadata.get("mode") == "align" or metadata.get("label_budget") is None:
+            return "none: self-supervised alignment only, no labeled queries"
+        return f"label budget {metadata['label_budget']} (counts per role not recorded)"
+    total = labels["total"]
+    text = (f"{total['train_queries']} training queries ({total['train_pairs']} query-document pairs) and "
+            f"{total['validation_queries']} validation queries; the {total['test_queries']} test queries were "
+            f"never used")
+    tasks = labels["tasks"]
+    per_task = "; ".join(
+        f"`{name}`: {record['selection']}, {record['train_queries']} train, {record['validation_queries']} validation"
+        + (f" ({record['validation_from']})" if record.get("validation_from") else "")
+        for name, record in tasks.items())
+    return f"{text} ({per_task})"
+
+
+def _split_source(metadata: dict[str, Any]) -> str:
+    sources = {name: split.get("source") for name, split in metadata.get("split", {}).items() if split.get("source")}
+    if not sources:
+        return "none: no labeled queries used" if metadata.get("mode") == "align" else "not recorded"
+    if len(set(sources.values())) == 1:
+        return next(iter(sources.values()))
+    return "; ".join(f"`{name}`: {source}" for name, source in sources.items())
+
+
+def _validation_text(metadata: dict[str, Any]) -> str:
+    validation = metadata.get("validation")
+    if not validation:
+        return ""
+    start = validation.get("start")
+    text = (f"Epoch chosen by {validation['how']}: validation nDCG@10 "
+            + (f"{start:.4f} at the start, " if start is not None else "")
+            + f"{validation['best']:.4f} at epoch {validation['best_epoch']}; doc2doc (the index as it is) "
+            f"{validation['doc2doc']:.4f} on the same queries.")
+    for warning in validation.get("warnings", []):
+        text += f"\n\n**Warning:** {warning}"
+    return text
 
 
 def _without_curves(value: Any) -> Any:
     """Metadata minus per-epoch curves and long lists, which make a card unreadable (config.json keeps them)."""
     if isinstance(value, dict):
-        return {k: _without_curves(v) for k, v in value.items() if k != "curve"}
+        return {k: _without_curves(v) for k, v in value.items() if k not in ("curve", "fold_curves",
+                                                                                "final_training_curve")}
     if isinstance(value, list) and len(value) > 20:
         return value[:20] + [f"... {len(value) - 20} more"]
     return value
 
 
 def _training_details(metadata: dict[str, Any]) -> str:
-    shown = {key: _without_curves(metadata[key]) for key in ("mode", "recipe", "seeds", "tasks", "label_budget", "alignment")
-             if key in metadata}
+    shown = {key: _without_curves(metadata[key]) for key in ("mode", "recipe", "seeds", "tasks", "label_budget", "labels",
+                                                             "validation", "alignment") if key in metadata}
     if not shown:
         return "No training metadata recorded."
     return "```json\n" + json.dumps(shown, indent=1, default=str) + "\n```"
 
 
-def _metrics_table(evaluation: dict[str, dict[str, float]]) -> str:
+_BASELINE_ROWS = {"doc2doc": "doc2doc (the index as it is: doc encoder on both sides)",
+                  "query2query": "query2query (re-index with the query encoder)"}
+
+
+def _metrics_table(evaluation: dict[str, dict[str, Any]]) -> str:
+    """Per task: this adapter, doc2doc and query2query on the same test queries, with the query count and
+    the paired sign-flip test of nDCG@10 against doc2doc."""
     if not evaluation:
-        return "Not evaluated yet: run `python training/evaluate.py --system <this folder> ...`."
-    lines = ["| task | " + " | ".join(CARD_METRICS) + " |", "|---|" + "---|" * len(CARD_METRICS)]
+        return ("Not evaluated yet: run `python training/evaluate.py --system <this folder> --record ...` to put "
+                "its test metrics here, next to doc2doc and query2query on the same queries.")
+    header = "| task | test queries | system | " + " | ".join(CARD_METRICS) + " | Δ nDCG@10 vs doc2doc (p) |"
+    lines = [header, "|---|---:|---|" + "---|" * (len(CARD_METRICS) + 1)]
     for task, values in sorted(evaluation.items()):
-        lines.append(f"| {task} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in CARD_METRICS) + " |")
+        count = values.get("n_queries", "?")
+        rows = [("**this adapter**", values, values.get("vs_doc2doc"))]
+        for name, label in _BASELINE_ROWS.items():
+            if name in values.get("baselines", {}):
+                baseline = values["baselines"][name]
+                rows.append((label, baseline, baseline.get("vs_doc2doc")))
+        for label, metrics, test in rows:
+            cells = " | ".join(f"{metrics.get(m, float('nan')):.4f}" for m in CARD_METRICS)
+            versus = "—" if test is None else f"{test['mean_diff']:+.4f} (p={test['p_value']:.3g})"
+            lines.append(f"| {task} | {count} | {label} | {cells} | {versus} |")
     return "\n".join(lines)
+
+
+def _below_index(evaluation: dict[str, dict[str, Any]]) -> str:
+    """A plain sentence for every task where this adapter scores below doc2doc on the test queries."""
+    lines = []
+    for task, values in sorted(evaluation.items()):
+        doc2doc = values.get("baselines", {}).get("doc2doc", {}).get("ndcg@10")
+        if doc2doc is not None and values["ndcg@10"] < doc2doc:
+            test = values.get("vs_doc2doc") or {}
+            lines.append(f"**Below the index on `{task}`:** nDCG@10 {values['ndcg@10']:.4f} vs doc2doc {doc2doc:.4f} on "
+                         f"the same {values.get('n_queries', '?')} test queries (p={test.get('p_value', float('nan')):.3g}"
+                         f"): on this data the index alone (`doc2doc`) serves queries better than this adapter.")
+    return "\n\n".join(lines)

@@ -1,9 +1,10 @@
-"""The command lines: `era-embed`, `era-align`, `era-adapt`, `era-evaluate`, `era-push`, `era-export` and
-`era-demo` (console scripts), also run as `python training/<stage>.py` or `accelerate launch
-training/<stage>.py`. Each parses its arguments and calls the library; the training stages' settings
+"""The command lines: `era-embed`, `era-align`, `era-adapt`, `era-evaluate`, `era-push`, `era-export`,
+`era-demo` and `era-validate` (console scripts), also run as `python training/<stage>.py` or `accelerate
+launch training/<stage>.py`. Each parses its arguments and calls the library; the training stages' settings
 are the dataclasses of their modules (`era_adapters.arguments`), so defaults and help live there.
 
-A bad setting or bad input data ends the program with `error: <message>` and exit status 2.
+A bad setting or bad input data ends the program with `error: <message>` and exit status 2; an adapter
+below the index with `era-adapt --fail-below-index`, with status 1 (the adapter is saved).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any, Callable, Sequence
 from era_adapters.arguments import parse_arguments
 from era_adapters.data import DataError
 
-__all__ = ["adapt_main", "align_main", "demo_main", "embed_main", "evaluate_main", "export_main", "push_main"]
+__all__ = ["adapt_main", "align_main", "demo_main", "embed_main", "evaluate_main", "export_main", "push_main",
+           "validate_main"]
 
 
 def _is_main_process() -> bool:
@@ -69,10 +71,34 @@ def align_main(argv: Sequence[str] | None = None) -> int:
 
 def adapt_main(argv: Sequence[str] | None = None) -> int:
     from era_adapters import adapt
+    from era_adapters.model_selection import BelowIndexError
 
     args, settings = parse_arguments([adapt.AdaptArguments, adapt.AdaptSettings], argv, adapt.__doc__)
     _configure_logging()
-    return _reporting_errors(lambda: adapt.run_adaptation(args, settings))
+    try:
+        return _reporting_errors(lambda: adapt.run_adaptation(args, settings))
+    except BelowIndexError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def validate_main(argv: Sequence[str] | None = None) -> int:
+    from era_adapters import data_check
+
+    parser = argparse.ArgumentParser(
+        prog="era-validate", description=data_check.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="a folder of task folders, one task folder, or MAIR task names")
+    parser.add_argument("--tasks", nargs="+", help="task names to check (default: all)")
+    for role in ("train", "dev", "test"):
+        parser.add_argument(f"--{role}-qrels", help=f"the {role} qrels file of a BEIR task (as the stages take it)")
+    parser.add_argument("--test-fraction", type=float, default=0.5, help="as the stages' --test-fraction")
+    parser.add_argument("--split-seed", type=int, default=0, help="as the stages' --split-seed")
+    args = parser.parse_args(argv)
+    qrels = {"train": args.train_qrels, "dev": args.dev_qrels, "test": args.test_qrels}
+    checks = data_check.check_data(args.data, args.tasks, qrels=qrels, test_fraction=args.test_fraction,
+                                   seed=args.split_seed)
+    print(data_check.format_checks(checks))
+    return 0 if all(check.usable for check in checks) else 2
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +186,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     try:
         out = export.export_sentence_transformer(args.adapter, args.output, args.doc_encoder,
                                                  query_encoder_path=args.query_encoder, era_cache_dir=args.cache_dir)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"exported to {out}: SentenceTransformer({str(out)!r}).encode_query(...) / .encode_document(...)")

@@ -16,8 +16,8 @@ from typing import Any
 import datasets
 import numpy as np
 
-from era_adapters.readers import (SPLIT_NAMES, DataError, Query, blank_rows, find_file, read_beir_folder,
-                                  read_mair_folder, read_mair_hub)
+from era_adapters.readers import (SPLIT_NAMES, DataError, Query, beir_qrels_files, blank_rows, find_file,
+                                  read_beir_folder, read_mair_folder, read_mair_hub)
 
 HUB_QUERIES = "MAIR-Bench/MAIR-Queries"
 HUB_DOCS = "MAIR-Bench/MAIR-Docs"
@@ -68,6 +68,7 @@ class Task:
     source: str = ""  # folder or Hub dataset it came from, for reports
     # Documents with an empty text in the files: {"count", "handling", "labels_dropped"} (reports show it).
     empty_docs: dict[str, Any] = field(default_factory=lambda: {"count": 0})
+    roles_from: str = ""  # where the queries' train/dev/test roles came from, in words (cards, reports)
 
     @property
     def doc_texts(self) -> Sequence[str]:
@@ -114,6 +115,7 @@ def load_tasks(
     ignore_identical_ids: Mapping[str, bool] | None = None,
     drop_empty_docs: bool = False,
     skip_bad_tasks: bool = False,
+    qrels: Mapping[str, str | Path | None] | None = None,
 ) -> list[Task]:
     """Load several tasks at once.
 
@@ -125,19 +127,28 @@ def load_tasks(
     embed them as empty, as BEIR and MTEB do); either way they are counted in `Task.empty_docs`.
     Every folder under `data` must be a readable task (hidden ones and ones starting with "_" aside);
     `skip_bad_tasks` skips those that are not, with a warning that lists them (tasks named in `tasks`
-    must load in any case).
+    must load in any case). `qrels` ({"train": path, "dev": path, "test": path}, any subset) gives the
+    qrels file of each role of one BEIR task folder explicitly, instead of its qrels/<role>.tsv.
     """
     options = {"cache_dir": cache_dir, "ignore_identical_ids": ignore_identical_ids, "drop_empty_docs": drop_empty_docs}
+    qrels = {role: path for role, path in (qrels or {}).items() if path is not None}
     path = Path(data)
     if path.is_dir():
         if _is_task_folder(path):
-            return [load_task(path, **options)]
+            return [load_task(path, qrels=qrels, **options)]
         folders = _task_folders(path)
         if not folders and any(path.iterdir()):
             raise DataError(_not_a_task(path))
-        loaders = {name: (lambda folder=folders[name]: load_task(folder, **options))
-                   for name in _pick(folders, tasks, str(path))}
+        names = _pick(folders, tasks, str(path))
+        task_names = [name for name in names if _is_task_folder(folders[name])]
+        if qrels and len(task_names) != 1:
+            raise ValueError(f"--train/--dev/--test-qrels name the files of one task, but {path} holds "
+                             f"{len(task_names)} tasks ({', '.join(task_names)}); pick one with --tasks or point "
+                             f"--data at its folder.")
+        loaders = {name: (lambda folder=folders[name]: load_task(folder, qrels=qrels, **options)) for name in names}
         return _load_all(loaders, str(path), skip_bad_tasks, chosen=tasks is not None)
+    if qrels:
+        raise ValueError("--train/--dev/--test-qrels apply to a local BEIR task folder, not to Hub task names.")
     if isinstance(data, Path) or path.exists() or re.search(r"[/\\~]|^\.", str(data)):
         raise FileNotFoundError(
             f"{data}: not a folder of tasks. Pass a task folder, a folder of task folders, "
@@ -176,18 +187,28 @@ def load_task(
     cache_dir: str | Path | None = None,
     ignore_identical_ids: Mapping[str, bool] | None = None,
     drop_empty_docs: bool = False,
+    qrels: Mapping[str, str | Path | None] | None = None,
 ) -> Task:
-    """Load one task folder in MAIR's layout (docs + queries) or BEIR's (corpus + queries + qrels)."""
+    """Load one task folder in MAIR's layout (docs + queries) or BEIR's (corpus + queries + qrels; `qrels`
+    gives a role's file explicitly, see `load_tasks`)."""
     folder = Path(folder)
     name = folder.name
+    qrels = {role: path for role, path in (qrels or {}).items() if path is not None}
     if find_file(folder, "docs"):
+        if qrels:
+            raise ValueError(f"{folder} is in MAIR layout (labels inside queries.jsonl, roles in its 'split' field); "
+                             f"--train/--dev/--test-qrels apply to BEIR folders (corpus.jsonl + queries.jsonl).")
         doc_ids, docs, queries = read_mair_folder(folder, cache_dir)
+        roles_from = f"the 'split' field of {find_file(folder, 'queries')}"
     elif find_file(folder, "corpus"):
-        doc_ids, docs, queries = read_beir_folder(folder, cache_dir)
+        doc_ids, docs, queries = read_beir_folder(folder, cache_dir, qrels)
+        files = beir_qrels_files(folder, qrels)
+        roles_from = "your qrels files (" + ", ".join(f"{role}: {path}" for role, path in files.items()) + ")"
     else:
         raise DataError(_not_a_task(folder))
-    return _make_task(name, _folder_domain(folder), doc_ids, docs, queries, str(folder), ignore_identical_ids,
+    task = _make_task(name, _folder_domain(folder), doc_ids, docs, queries, str(folder), ignore_identical_ids,
                       drop_empty_docs)
+    return dataclasses.replace(task, roles_from=roles_from)
 
 
 def _not_a_task(folder: Path) -> str:
@@ -218,8 +239,9 @@ def load_hub_task(
         ) from error
     doc_ids, docs, queries = read_mair_hub(raw_docs, raw_queries, name, docs_source, queries_source)
     domain = _DOMAIN_OF_MAIR_TASK.get(name.lower(), "unknown")
-    return _make_task(name, domain, doc_ids, docs, queries, f"{HUB_QUERIES}/{name}", ignore_identical_ids,
+    task = _make_task(name, domain, doc_ids, docs, queries, f"{HUB_QUERIES}/{name}", ignore_identical_ids,
                       drop_empty_docs)
+    return dataclasses.replace(task, roles_from=f"the 'split' field of {HUB_QUERIES} ({name})")
 
 
 def _make_task(

@@ -6,9 +6,11 @@
 A system is `doc2doc` (the doc encoder on both sides: what the index serves today), `query2query`
 (the query encoder on both sides: the expensive re-index), `query2doc` (query encoder against the
 doc index with no adapter: a sanity check, near zero), or the path / Hub id of a saved ERA adapter.
-Every system is scored on the test part of the seeded split (docs/protocol.md) with exact inner-product
-search over the whole (optionally capped) corpus. Writes results.json, results.md, TREC runs and a
-plot to OUT_DIR (`era_adapters.reports`).
+Every system is scored on the test part of the split (your test qrels, else a seeded `--test-fraction`;
+docs/protocol.md) with exact inner-product search over the whole (optionally capped) corpus. An adapter
+trained on any of those test queries is refused. Writes results.json, results.md, TREC runs and a plot
+to OUT_DIR (`era_adapters.reports`). `--record` stores each adapter's test metrics in its folder,
+next to doc2doc's and query2query's on the same queries (added to the systems when missing).
 """
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ from transformers import AutoModel
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
 from era_adapters.arguments import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, DataArguments, option
-from era_adapters.artifacts import query_side_encoder, record_evaluation
+from era_adapters.artifacts import query_side_encoder, record_in_adapters
 from era_adapters.cache import embed_documents, embed_queries
-from era_adapters.cards import CARD_METRICS
-from era_adapters.data import Task, cap_corpus, load_tasks
+from era_adapters.data import Task, cap_corpus
 from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder
+from era_adapters.inputs import describe, given_tasks, stage_tasks
 from era_adapters.metrics import METRIC_NAMES, paired_test, per_query_metrics_ranked
 from era_adapters.reports import write_outputs
 from era_adapters.search import ann_search, build_ann_index, drop_identical_ids, exact_search, recall_against_exact
@@ -92,8 +94,10 @@ class Encoders:
         return self._made[key]
 
 
-def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_encoder: str | None) -> System:
-    """Turn a command-line system name into a System (adapters bring their own encoders)."""
+def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_encoder: str | None,
+                 model: EraAdapter | None = None) -> System:
+    """Turn a command-line system name into a System (adapters bring their own encoders); `model`: the
+    in-memory adapter that `spec` names."""
     if spec in BASELINES:
         query_model = {"doc2doc": doc_encoder, "query2query": query_encoder, "query2doc": query_encoder}[spec]
         doc_model = {"doc2doc": doc_encoder, "query2query": query_encoder, "query2doc": doc_encoder}[spec]
@@ -104,7 +108,7 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         info = {"kind": "baseline", "query_encoder": query_side.model_id, "doc_encoder": doc_side.model_id}
         return System(spec, query_side, doc_side, info=info)
     try:
-        config = EraConfig.from_pretrained(spec)
+        config = model.config if model is not None else EraConfig.from_pretrained(spec)
     except OSError as error:  # no config.json here, or the Hub could not provide it (offline, unknown repo, ...)
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         where = "the folder is not an ERA adapter" if Path(spec).is_dir() else \
@@ -112,7 +116,9 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         raise ValueError(f"--system {spec!r}: {where} ({reason}). {_VALID_SYSTEMS}") from error
     query_side = query_side_encoder(config, make=encoders.get)
     query_model = None
-    if getattr(config, "lora_config", None):
+    if model is not None:
+        adapter = model.eval()
+    elif getattr(config, "lora_config", None):
         # A fresh backbone (the LoRA is injected into it), from the same resolved copy the encoders use.
         backbone = AutoModel.from_pretrained(query_side.path)
         query_model = EraQueryEncoder.from_pretrained(spec, backbone=backbone, tokenizer=query_side.tokenizer)
@@ -133,6 +139,9 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         "adapter_type": config.adapter_type,
         "mode": metadata.get("mode"),
         "label_budget": metadata.get("label_budget"),
+        "labels_used": metadata.get("labels", {}).get("total"),
+        "trained_on": {task: split.get("train", []) + split.get("val", [])
+                       for task, split in metadata.get("split", {}).items()},
     }
     if query_model is not None:
         info["lora"] = config.lora_config
@@ -173,9 +182,10 @@ class TaskRun:
 
 
 def prepare_task(
-    task: Task, split_seed: int, max_docs: int | None, max_queries: int | None, all_queries: bool = False
+    task: Task, split_seed: int, max_docs: int | None, max_queries: int | None, all_queries: bool = False,
+    test_fraction: float = 0.5,
 ) -> TaskRun:
-    split = make_split(task, seed=split_seed)
+    split = make_split(task, seed=split_seed, test_fraction=test_fraction)
     # Zero-shot comparisons with published numbers score every labeled query; training needs the split.
     test_qids = [q.qid for q in task.labeled_queries] if all_queries else list(split.test_qids)
     if not test_qids:
@@ -254,8 +264,6 @@ class EvaluateArguments(DataArguments):
         super().__post_init__()
         if not self.systems:
             raise ValueError("name at least one --system (doc2doc, query2query, query2doc or an adapter path).")
-        for spec in self.systems:
-            check_system(spec)
         if self.record and self.all_queries:
             raise ValueError("--record stores test metrics in adapter cards; --all-queries scores training queries "
                              "too. Drop one of them.")
@@ -275,30 +283,51 @@ class EvaluateArguments(DataArguments):
         return settings
 
 
-def evaluate(data: str | os.PathLike, systems: Sequence[str], **options: Any) -> dict[str, Any]:
-    """Evaluate every system on every task's test queries from Python; `options` are the fields of
-    `EvaluateArguments` (`output` optional here). Returns the report (see `run_evaluation`)."""
-    return run_evaluation(EvaluateArguments(data=data, systems=[str(system) for system in systems], **options))
+def evaluate(data: Any, systems: Sequence[str], **options: Any) -> dict[str, Any]:
+    """Evaluate every system on every task's test queries from Python; `data` as `--data`, or `Task`s
+    (`era_adapters.inputs`); `options` are the fields of `EvaluateArguments` (`output` optional here).
+    Returns the report (see `run_evaluation`)."""
+    tasks = given_tasks(data)
+    args = EvaluateArguments(data=describe(tasks) if tasks is not None else data,
+                             systems=[str(system) for system in systems], **options)
+    return run_evaluation(args, tasks=tasks)
 
 
-def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
+def run_evaluation(args: EvaluateArguments, tasks: list[Task] | None = None,
+                   models: dict[str, EraAdapter] | None = None) -> dict[str, Any]:
     """Score every system on every task's test queries; write the report to `args.output` if given.
 
     `ignore_identical_ids`: "auto" keeps each task's default (on for ArguAna-like tasks); "on"/"off"
     force it. `all_queries` scores every labeled query instead of the test part (for zero-shot
     comparisons with published numbers; never for adapters trained on this data). `record`: write each
     local adapter's test metrics into its config.json and model card (`artifacts.record_evaluation`),
-    so the card's table and the Hub's model-index show them.
+    so the card's table and the Hub's model-index show them, next to doc2doc and query2query (added to
+    the systems when missing). `tasks`: in-memory tasks instead of `args.data`; `models`: in-memory
+    adapters, by the system name that stands for them in `args.systems`.
     """
+    models = models or {}
+    for spec in args.systems:  # before anything loads: a typo must not become a Hub request
+        if spec not in models:
+            check_system(spec)
     encoders = Encoders(args.cache_dir, args.batch_size)
-    built = [build_system(spec, encoders, args.query_encoder, args.doc_encoder) for spec in args.systems]
+    adapters = [build_system(spec, encoders, args.query_encoder, args.doc_encoder, models.get(spec))
+                for spec in args.systems if spec not in BASELINES]
+    query_encoder, doc_encoder = _baseline_encoders(args, adapters)
+    wanted = list(args.systems)
+    if args.record:  # a card shows its adapter next to the index and the re-index, on the same queries
+        wanted = [name for name in ("doc2doc", "query2query") if name not in wanted] + wanted
+    by_spec = dict(zip([spec for spec in args.systems if spec not in BASELINES], adapters))
+    built = [build_system(spec, encoders, query_encoder, doc_encoder) if spec in BASELINES else by_spec[spec]
+             for spec in wanted]
     names = [system.name for system in built]
     if len(set(names)) != len(names):
         raise ValueError(f"two systems share a name ({names}); put the adapters in folders with distinct names.")
-    loaded = load_tasks(args.data, args.tasks, **args.load_options())
+    loaded = stage_tasks(args, tasks)
     if args.ignore_identical_ids != "auto":
         loaded = [dataclasses.replace(task, ignore_identical_ids=args.ignore_identical_ids == "on") for task in loaded]
-    runs = [prepare_task(task, args.split_seed, args.max_docs, args.max_queries, args.all_queries) for task in loaded]
+    runs = [prepare_task(task, args.split_seed, args.max_docs, args.max_queries, args.all_queries, args.test_fraction)
+            for task in loaded]
+    _refuse_leaks(built, runs)
     ann = args.ann_settings()
     embed_kwargs = {"cache_dir": args.cache_dir, "batch_size": args.batch_size}
     raw: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -309,7 +338,7 @@ def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
             raw[system.name][run.task.name] = search_task(system, run, args.k, ann, embed_kwargs)
     report = _report(built, runs, raw, label_budget=args.label_budget, split_seed=args.split_seed,
                      max_docs=args.max_docs, max_queries=args.max_queries, k=args.k, ann=ann,
-                     all_queries=args.all_queries)
+                     all_queries=args.all_queries, test_fraction=args.test_fraction)
     if args.output is not None:
         write_outputs(Path(args.output), report, built, runs, raw)
     if args.record:
@@ -317,16 +346,26 @@ def run_evaluation(args: EvaluateArguments) -> dict[str, Any]:
     return report
 
 
-def record_in_adapters(report: dict[str, Any]) -> None:
-    """Store each local adapter folder's per-task test metrics and the evaluation settings in the folder."""
-    settings = {key: value for key, value in report["settings"].items() if key != "all_queries"}
-    for result in report["results"].values():
-        path = result["system"].get("path")
-        if result["system"]["kind"] != "adapter" or not Path(path).is_dir():
-            continue  # a Hub id: nothing local to write
-        evaluation = {task: {metric: entry[metric] for metric in CARD_METRICS if metric in entry}
-                      for task, entry in result["tasks"].items()}
-        record_evaluation(path, evaluation, settings)
+def _baseline_encoders(args: EvaluateArguments, adapters: list[System]) -> tuple[str | None, str | None]:
+    """--query-encoder / --doc-encoder, else the encoders the adapters name (when they agree)."""
+    found = []
+    for given, key in ((args.query_encoder, "query_encoder"), (args.doc_encoder, "doc_encoder")):
+        names = {system.info[key] for system in adapters}
+        found.append(given if given is not None or len(names) != 1 else names.pop())
+    return found[0], found[1]
+
+
+def _refuse_leaks(built: list[System], runs: list[TaskRun]) -> None:
+    """An adapter trained or validated on a test query of this evaluation would void its numbers."""
+    for system in built:
+        for run in runs:
+            leaked = set(system.info.get("trained_on", {}).get(run.task.name, [])) & set(run.test_qids)
+            if leaked:
+                raise ValueError(
+                    f"{system.name} was trained on {len(leaked)} of the {len(run.test_qids)} test queries of task "
+                    f"{run.task.name!r} (e.g. {sorted(leaked)[0]!r}): its split differs from this evaluation's. "
+                    f"Evaluate with the split it was trained with (--split-seed, --test-fraction, --test-qrels)."
+                )
 
 
 def _mean(values: dict[str, np.ndarray]) -> dict[str, float]:

@@ -149,8 +149,12 @@ def export_sentence_transformer(
     as fallback). `hub_kwargs` (e.g. `revision`, `cache_dir`, `local_files_only`) apply to loading the adapter.
     The folder is written beside `output` and renamed into place.
     """
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Router, Transformer
+    try:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Router, Transformer
+    except ImportError as error:
+        raise ImportError("the sentence-transformers export needs sentence-transformers >= 5.4: "
+                          "pip install 'era-adapters[export]'.") from error
 
     from era_adapters.encoders import TextEncoder
 

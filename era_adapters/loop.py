@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import shutil
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -23,6 +25,7 @@ from accelerate import Accelerator
 
 from modeling_era.modeling_era import atomic_path, atomic_write
 
+logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 RUN_RECORD_FILE = "run.json"
 
@@ -63,19 +66,25 @@ def train(
     *,
     batches_for_epoch: Callable[[int], Iterable[Any]],
     loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-    validate: Callable[[torch.nn.Module], float],
+    validate: Callable[[torch.nn.Module], float] | None,
     config: LoopConfig,
     accelerator: Accelerator,
     checkpoint_dir: str | os.PathLike | None = None,
     steps_per_epoch: int | None = None,
     on_epoch_start: Callable[[torch.nn.Module, int], None] | None = None,
+    name: str = "train",
+    metric: str = "validation",
 ) -> LoopResult:
     """Train `model` in place; on return it holds the weights of the best validation epoch.
 
-    `validate` returns a score where higher is better (e.g. nDCG@10, or minus a loss). With a
-    `checkpoint_dir`, every epoch ends with an atomic checkpoint; calling `train` again with the same
-    directory resumes after the last finished epoch.
+    `validate` returns a score where higher is better (e.g. nDCG@10, or minus a loss); None: no
+    validation, all `config.epochs` run and the last weights are kept. With a `checkpoint_dir`, every
+    epoch ends with an atomic checkpoint; calling `train` again with the same directory resumes after
+    the last finished epoch. Each epoch logs one line (`name`, train loss, `metric`, best so far).
     """
+    validated = validate is not None
+    if not validated:  # a fixed number of epochs (e.g. chosen by cross-validation): the last one is kept
+        config = dataclasses.replace(config, patience=config.epochs + 1)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
@@ -90,9 +99,11 @@ def train(
         state, best_weights = _load_checkpoint(path, model, optimizer, scheduler, config)
         resumed = state["epoch"]
     if state["epoch"] == 0:
-        state["best_score"] = validate(model)  # the starting point counts: training must beat it
         state["best_epoch"] = 0
-        state["history"].append({"epoch": 0, "validation": state["best_score"]})
+        if validated:
+            state["best_score"] = validate(model)  # the starting point counts: training must beat it
+            state["history"].append({"epoch": 0, "validation": state["best_score"]})
+            logger.info("%s epoch 0 (start): %s %.4f", name, metric, state["best_score"])
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"] + 1
         if on_epoch_start is not None:
@@ -109,19 +120,31 @@ def train(
             scheduler.step()
             losses.append(loss.detach().float().item())
         wrapped.eval()
-        score = validate(model)
-        state["history"].append({"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "validation": score})
-        if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+        entry = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses))}
+        if validated:
+            entry["validation"] = score = validate(model)
+        state["history"].append(entry)
+        if not validated or score > state["best_score"]:
+            state.update(best_score=entry.get("validation", float("nan")), best_epoch=epoch, bad_epochs=0)
             best_weights = _copy_state(model)
         else:
             state["bad_epochs"] += 1
+        _log_epoch(name, metric, epoch, config.epochs, state)
         state["epoch"] = epoch
         if path is not None and accelerator.is_main_process:
             _save_checkpoint(path, model, optimizer, scheduler, state, best_weights, config)
         accelerator.wait_for_everyone()
     model.load_state_dict(best_weights)
     return LoopResult(state["best_epoch"], state["best_score"], state["history"], resumed)
+
+
+def _log_epoch(name: str, metric: str, epoch: int, epochs: int, state: dict[str, Any]) -> None:
+    entry = state["history"][-1]
+    line = f"{name} epoch {epoch}/{epochs}: train loss {entry['loss']:.4f}"
+    if "validation" in entry:
+        line += (f", {metric} {entry['validation']:.4f} (best {state['best_score']:.4f} at epoch "
+                 f"{state['best_epoch']})")
+    logger.info(line)
 
 
 def _warmup_then_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

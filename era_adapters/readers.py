@@ -370,11 +370,27 @@ def read_mair_folder(folder: Path, cache_dir: str | Path | None) -> tuple[list[s
     return doc_ids, docs, _mair_queries(raw_queries, queries_source, set(doc_ids))
 
 
-def read_beir_folder(folder: Path, cache_dir: str | Path | None) -> tuple[list[str], datasets.Dataset, list[Query]]:
+def beir_qrels_files(folder: Path, given: Mapping[str, str | Path | None] | None = None) -> dict[str, Path]:
+    """The qrels file of each role (train, dev, test): `given` ones (e.g. --train-qrels) as they are,
+    else the folder's qrels/<role>.tsv when it exists."""
+    given = {role: Path(path) for role, path in (given or {}).items() if path is not None}
+    for role, path in given.items():
+        if role not in SPLIT_NAMES:
+            raise ValueError(f"qrels role {role!r}: use one of {list(SPLIT_NAMES)}.")
+        if not path.is_file():
+            raise DataError(f"{path}: the {role} qrels file given does not exist.")
+    found = {role: path for role in SPLIT_NAMES if (path := folder / "qrels" / f"{role}.tsv").is_file()}
+    return {role: given.get(role, found.get(role)) for role in SPLIT_NAMES if role in given or role in found}
+
+
+def read_beir_folder(folder: Path, cache_dir: str | Path | None, qrels: Mapping[str, str | Path | None] | None = None,
+                     ) -> tuple[list[str], datasets.Dataset, list[Query]]:
+    """A BEIR folder; `qrels` gives a role's qrels file explicitly (else qrels/<role>.tsv)."""
     queries_path = find_file(folder, "queries")
-    qrels_paths = [path for split in SPLIT_NAMES if (path := folder / "qrels" / f"{split}.tsv").is_file()]
+    qrels_paths = beir_qrels_files(folder, qrels)
     if queries_path is None or not qrels_paths:
-        raise DataError(f"{folder}: BEIR layout needs corpus.jsonl, queries.jsonl and qrels/{{train,dev,test}}.tsv.")
+        raise DataError(f"{folder}: BEIR layout needs corpus.jsonl, queries.jsonl and qrels/{{train,dev,test}}.tsv "
+                        f"(or qrels files given with --train-qrels/--dev-qrels/--test-qrels).")
     doc_ids, docs = _checked_beir_corpus(*_read_file(find_file(folder, "corpus"), cache_dir))
     raw_queries, queries_source = _read_file(queries_path, cache_dir)
     texts = _beir_query_texts(raw_queries, queries_source)
@@ -417,23 +433,26 @@ def _beir_query_texts(raw: datasets.Dataset, source: _Source) -> dict[str, str]:
 
 
 def _read_qrels(
-    paths: Sequence[Path], qids: set[str], doc_ids: set[str]
+    paths: Mapping[str, Path], qids: set[str], doc_ids: set[str]
 ) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
-    """Labels per query, and each query's split: the name of the qrels file that judges it."""
+    """Labels per query, and each query's split: the role of the qrels file that judges it."""
     labels: dict[str, dict[str, int]] = {}
     splits: dict[str, str] = {}
-    for path in paths:
-        split = path.stem
+    for split, path in paths.items():
         for number, (qid, doc_id, score) in _qrels_rows(path):
             where = partial(str, f"{path}, line {number}")
             if qid not in qids:
                 raise DataError(f"{where()}: query {qid!r} is not in queries.jsonl; fix the id or add the query.")
             if splits.setdefault(qid, split) != split:
                 raise DataError(
-                    f"{where()}: query {qid!r} is also judged in qrels/{splits[qid]}.tsv; a query has one split."
+                    f"{where()}: query {qid!r} is also judged in {_shown(paths[splits[qid]])}; a query has one split."
                 )
             _add_label(labels.setdefault(qid, {}), qid, doc_id, _as_score(score, qid, doc_id, where), doc_ids, where)
     return labels, splits
+
+
+def _shown(path: Path) -> str:
+    return f"qrels/{path.name}" if path.parent.name == "qrels" else str(path)
 
 
 def _qrels_rows(path: Path) -> Iterator[tuple[int, tuple[str, str, float]]]:

@@ -1,9 +1,12 @@
-"""What stage 2 trains on: the labeled training queries of each task's split (their cached Q vectors,
-positives and prompts), the validation queries that choose the epoch, the capped corpora's cached D
-vectors, and optionally the unlabeled texts of the alignment regulariser. Test queries are never read.
+"""What stage 2 trains on: the labeled training queries each task's split selects (their cached Q
+vectors, positives and prompts), the validation queries that choose the epoch (or, for cross-validation,
+the folds cut from the training queries: `fold_data`), the capped corpora's cached D vectors, the D
+vectors of those queries (doc2doc, the index as it is, scored on the same validation queries), and
+optionally the unlabeled texts of the alignment regulariser. Test queries are never read.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -15,11 +18,12 @@ from torch import nn
 
 from era_adapters.align import sample_texts
 from era_adapters.cache import embed_documents, embed_texts
-from era_adapters.data import Task, cap_corpus
-from era_adapters.encoders import TextEncoder
+from era_adapters.data import Query, Task, cap_corpus
+from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder
 from era_adapters.metrics import per_query_metrics_ranked
 from era_adapters.search import rank_for_queries
-from era_adapters.splits import DEFAULT_BUDGETS, TaskSplit, labels_for_budget, make_split
+from era_adapters.splits import LabelSelection, TaskSplit, make_split, resolve_validation, select_labels
+from modeling_era.modeling_era import format_prompt
 
 VALIDATION_METRIC = "ndcg@10"
 
@@ -37,6 +41,8 @@ class TaskView:
     val_qrels: dict[str, dict[str, int]]
     val_queries: np.ndarray  # (n_val, query_dim) cached Q vectors
     val_prompts: list[str]
+    val_doc2doc: np.ndarray | None = None  # (n_val, doc_dim) D vectors of the bare queries: doc2doc's queries
+    selection: LabelSelection | None = None
 
     @property
     def rows(self) -> slice:
@@ -57,6 +63,13 @@ class AdaptData:
     align_queries: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # Q(t)
     align_targets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # D(t)
     align_texts: list[str] = field(default_factory=list)
+    train_qrels: list[dict[str, int]] = field(default_factory=list)  # each training query's labels
+    train_doc2doc: np.ndarray | None = None  # (n, doc_dim) D vectors of the training queries (cross-validation)
+    validation: str = "holdout"  # "holdout" (the views' validation queries) or "kfold" (folds of the training ones)
+
+    @property
+    def train_pairs(self) -> int:
+        return int((self.positives >= 0).sum())
 
 
 def _padded(rows: list[list[int]], fill: int = -1, dtype: Any = np.int64) -> np.ndarray:
@@ -70,8 +83,10 @@ def _padded(rows: list[list[int]], fill: int = -1, dtype: Any = np.int64) -> np.
 def load_adapt_data(
     tasks: Sequence[Task],
     *,
-    label_budget: float,
+    labels: dict[str, Any],
+    validation: str = "auto",
     split_seed: int,
+    test_fraction: float = 0.5,
     query_encoder: TextEncoder,
     doc_encoder: TextEncoder,
     max_docs: int | None,
@@ -80,18 +95,22 @@ def load_adapt_data(
     align_texts: int = 0,
     align_seed: int = 0,
 ) -> AdaptData:
-    """Split, cap and embed (through the cache) what stage 2 needs; test queries stay untouched."""
-    budgets = sorted(set(DEFAULT_BUDGETS) | {float(label_budget)})
+    """Split, select (`labels`: the options of `select_labels`), cap and embed (through the cache) what
+    stage 2 needs; test queries stay untouched. `validation` as `resolve_validation` takes it: with
+    "kfold" the held-out queries train too, and the folds are cut later (`fold_data`)."""
+    splits = [make_split(task, seed=split_seed, test_fraction=test_fraction) for task in tasks]  # the evaluation's
+    selections = [select_labels(split, **labels) for split in splits]
+    strategy = resolve_validation(validation, selections)
     embed = {"cache_dir": cache_dir, "accelerator": accelerator}
     doc_blocks, views, capped_tasks = [], [], []
     train_queries, train_prompts, train_qids, train_task, positives, grades, own = [], [], [], [], [], [], []
+    train_qrels: list[dict[str, int]] = []
     offset = 0
-    for index, task in enumerate(tasks):
-        split = make_split(task, seed=split_seed, budgets=budgets)  # the evaluation's split
-        labels_for_budget(task.name, label_budget, split.n_labeled)
+    for index, (task, split, selection) in enumerate(zip(tasks, splits, selections)):
         capped = cap_corpus(task, max_docs, seed=split_seed)  # the evaluation's cap
         capped_tasks.append(capped)
-        train_ids, val_ids = split.train(label_budget), split.val(label_budget)
+        train_ids = selection.train_qids + (selection.val_qids if strategy == "kfold" else [])
+        val_ids = [] if strategy == "kfold" else selection.val_qids
         overlap = (set(train_ids) | set(val_ids)) & set(split.test_qids)
         if overlap:  # make_split guarantees this; a silent leak would void every number
             raise AssertionError(f"task {task.name}: test queries {sorted(overlap)[:3]} in the training split")
@@ -103,20 +122,22 @@ def load_adapt_data(
         prompts = [query_encoder.format_query(q.query, q.instruction) for q in train + val]
         vectors = embed_texts(query_encoder, prompts, **embed)
         for query in train:
-            labels = [(row_of[doc_id], grade) for doc_id, grade in query.labels.items() if grade > 0]
-            positives.append([offset + row for row, _ in labels])
-            grades.append([grade for _, grade in labels])
+            labels_ = [(row_of[doc_id], grade) for doc_id, grade in query.labels.items() if grade > 0]
+            positives.append([offset + row for row, _ in labels_])
+            grades.append([grade for _, grade in labels_])
             identical = row_of.get(query.qid) if capped.ignore_identical_ids else None
             own.append([offset + identical] if identical is not None else [])
         train_queries.append(vectors[: len(train)])
         train_prompts += prompts[: len(train)]
         train_qids += [q.qid for q in train]
+        train_qrels += [q.labels for q in train]
         train_task += [index] * len(train)
         views.append(TaskView(
             name=task.name, doc_ids=list(capped.doc_ids), offset=offset,
             ignore_identical_ids=capped.ignore_identical_ids, split=split, val_qids=[q.qid for q in val],
             val_qrels={q.qid: q.labels for q in val}, val_queries=vectors[len(train):],
-            val_prompts=prompts[len(train):],
+            val_prompts=prompts[len(train):], val_doc2doc=doc2doc_queries(doc_encoder, val, embed),
+            selection=selection,
         ))
         offset += len(capped.doc_ids)
     data = AdaptData(
@@ -129,15 +150,57 @@ def load_adapt_data(
         grades=_padded(grades, fill=0, dtype=np.float32),
         own_doc=_padded(own),
         tasks=views,
+        train_qrels=train_qrels,
+        validation=strategy,
     )
-    if not len(data.train_qids):
-        raise ValueError(f"label budget {label_budget} gives no training queries; raise --label-budget.")
+    if strategy == "kfold":
+        by_task = [{query.qid: query for query in task.queries} for task in tasks]
+        data.train_doc2doc = doc2doc_queries(
+            doc_encoder, [by_task[t][qid] for qid, t in zip(train_qids, data.train_task)], embed)
     if align_texts > 0:
         sample = sample_texts(capped_tasks, align_texts, align_seed, query_encoder)  # stage 1's: cache hits
         data.align_queries = embed_texts(query_encoder, sample.query_side, **embed)
         data.align_targets = embed_texts(doc_encoder, sample.doc_side, **embed)
         data.align_texts = list(sample.query_side)
     return data
+
+
+def doc2doc_queries(doc_encoder: TextEncoder, queries: Sequence[Query], embed: dict[str, Any]) -> np.ndarray:
+    """D's vectors of the queries as the doc2doc baseline embeds them (bare query, as evaluate does)."""
+    return embed_texts(doc_encoder, [format_prompt(BARE_QUERY_TEMPLATE, q.query, q.instruction) for q in queries],
+                       **embed)
+
+
+def fold_data(data: AdaptData, val_rows: np.ndarray) -> AdaptData:
+    """`data` with the training rows `val_rows` moved to validation (one cross-validation fold)."""
+    keep = np.setdiff1d(np.arange(len(data.train_qids)), val_rows)
+    views = []
+    for index, view in enumerate(data.tasks):
+        rows = [row for row in val_rows if data.train_task[row] == index]
+        qids = [data.train_qids[row] for row in rows]
+        views.append(dataclasses.replace(
+            view, val_qids=qids, val_qrels={data.train_qids[row]: data.train_qrels[row] for row in rows},
+            val_queries=data.train_queries[rows], val_prompts=[data.train_prompts[row] for row in rows],
+            val_doc2doc=data.train_doc2doc[rows]))
+    return dataclasses.replace(
+        data, train_queries=data.train_queries[keep], train_prompts=[data.train_prompts[row] for row in keep],
+        train_qids=[data.train_qids[row] for row in keep], train_task=data.train_task[keep],
+        positives=data.positives[keep], grades=data.grades[keep], own_doc=data.own_doc[keep], tasks=views,
+        train_qrels=[data.train_qrels[row] for row in keep], train_doc2doc=data.train_doc2doc[keep],
+        validation="holdout")
+
+
+def validation_score(data: AdaptData, vectors_of: Any) -> float:
+    """Mean over tasks of the validation nDCG@10 of `vectors_of(task index, view)` (each task's validation
+    queries, searched over its capped corpus); NaN without validation queries."""
+    scores = [task_ndcg(view, data.doc_vectors, vectors_of(index, view))
+              for index, view in enumerate(data.tasks) if view.val_qids]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def doc2doc_validation(data: AdaptData) -> float:
+    """doc2doc (the index as it is: D on both sides) on the same validation queries."""
+    return validation_score(data, lambda index, view: view.val_doc2doc)
 
 
 def task_ndcg(view: TaskView, doc_vectors: np.ndarray, adapted: np.ndarray) -> float:

@@ -3,6 +3,7 @@ resume, one vs two processes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,13 +16,16 @@ from safetensors.torch import load_file
 
 from modeling_era import EraAdapter, EraConfig
 from era_adapters.adapt import adapt
+from era_adapters.align import align
 from era_adapters.cache import EmbeddingCache
+from era_adapters.cli import adapt_main, evaluate_main
 from era_adapters.data import load_tasks
 from era_adapters.encoders import TextEncoder
 from era_adapters.loop import checkpoint_folder
 from era_adapters.splits import make_split
 from era_adapters.supervision import TaskView, task_ndcg
-from synonym_task import FAST, recipe, run
+from synonym_task import FAST, recipe, run, write_synonym_beir
+from tiny_models import make_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,12 +61,17 @@ def test_both_improves_validation_over_the_aligned_start(setup, tmp_path):
     assert recipe(adapter)["best_validation"] >= curve[0]["validation"] + 0.3
     assert validation_score(setup, tmp_path / "both") == pytest.approx(recipe(adapter)["best_validation"], abs=1e-6)
     metadata = EraConfig.from_pretrained(tmp_path / "both").training_metadata
-    assert metadata["mode"] == "both" and metadata["label_budget"] == 0.4 and metadata["tasks"] == ["syn"]
+    assert metadata["mode"] == "both" and metadata["label_budget"] == 0.8 and metadata["tasks"] == ["syn"]
+    labels = metadata["labels"]["tasks"]["syn"]
+    assert (labels["training_pool"], labels["train_queries"], labels["validation_queries"], labels["test_queries"]) == (
+        60, 38, 10, 60)
+    assert labels["train_pairs"] == 38 and metadata["validation"]["strategy"] == "holdout"
     assert metadata["prompt"] == {"template": "{query}",  # stage 1's default for an encoder without prompts
                                   "chosen_by": "default: the encoder declares no prompts (not instruction-tuned)"}
     assert "InfoNCE" in metadata["recipe"]["summary"] and metadata["alignment"]
     assert metadata["seeds"] == {"split": 0, "train": 0, "alignment_sample": 0}
     split = make_split(load_tasks(setup / "data")[0], seed=0)
+    # 0.8 of the training pool is the paper protocol's 0.4 of all 120 labeled queries: the same queries
     assert metadata["split"]["syn"]["train"] == split.train(0.4) and metadata["split"]["syn"]["val"] == split.val(0.4)
     assert not (set(split.train(0.4)) | set(split.val(0.4))) & set(split.test_qids)
     # The test queries were never even embedded.
@@ -133,8 +142,8 @@ KILL_AFTER_EPOCH_3 = textwrap.dedent(
 
 
 def test_kill_and_resume_gives_the_uninterrupted_adapter(setup, tmp_path):
-    options = {"label_budget": 0.4, "mode": "both", "init": str(setup / "align"), "cache_dir": str(setup / "cache"),
-               **FAST, **RESUMABLE}
+    options = {"label_budget": 0.8, "validation": "holdout", "mode": "both", "init": str(setup / "align"),
+               "cache_dir": str(setup / "cache"), **FAST, **RESUMABLE}
     straight = adapt(setup / "data", output=tmp_path / "straight", **options)
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AFTER_EPOCH_3,
@@ -171,7 +180,7 @@ def test_two_processes_train_the_same_adapter_as_one(setup, tmp_path):
     subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "training/adapt.py", "--data", str(setup / "data"),
-         "--label-budget", "0.4", "--mode", "both", "--init", str(setup / "align"), "--cache-dir", str(setup / "cache"),
+         "--label-budget", "0.8", "--validation", "holdout", "--mode", "both", "--init", str(setup / "align"), "--cache-dir", str(setup / "cache"),
          "--output", str(tmp_path / "two"), *flags],
         cwd=REPO, check=True, capture_output=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
@@ -181,3 +190,81 @@ def test_two_processes_train_the_same_adapter_as_one(setup, tmp_path):
         torch.testing.assert_close(two[name], value, atol=1e-5, rtol=1e-4)
     assert EraConfig.from_pretrained(tmp_path / "two").training_metadata["recipe"]["curve"][-1]["validation"] == (
         pytest.approx(recipe(one)["curve"][-1]["validation"], abs=1e-6))
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's own BEIR folder: qrels/train.tsv + qrels/test.tsv, every train pair used when asked
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory):
+    """The issue's set-up in small: 40 train queries, 60 test queries, tiny Q/D and a stage-1 adapter."""
+    root = tmp_path_factory.mktemp("user")
+    query, doc = make_tiny_bert(root / "q", hidden_size=64, seed=1), make_tiny_bert(root / "d", hidden_size=32, seed=2)
+    write_synonym_beir(root / "mine", {"train": range(40), "test": range(40, 100)})
+    align(root / "mine", query_encoder=str(query), doc_encoder=str(doc), output=root / "align", cache_dir=root / "cache")
+    return root
+
+
+def test_every_train_pair_of_a_beir_folder_is_used_and_counted(user_folder, tmp_path, caplog):
+    root, out = user_folder, tmp_path / "mine-both"
+    argv = ["--data", str(root / "mine"), "--all-train-labels", "--init", str(root / "align"), "--cache-dir",
+            str(root / "cache"), "--output", str(out), "--epochs", "6", "--lr", "0.03", "--batch-size", "8"]
+    with caplog.at_level(logging.INFO):
+        assert adapt_main(argv) == 0
+    metadata = EraConfig.from_pretrained(out).training_metadata
+    train = {f"q{i}" for i in range(40)}
+    assert set(metadata["split"]["mine"]["train"]) == train and metadata["split"]["mine"]["val"] == []
+    labels = metadata["labels"]["tasks"]["mine"]
+    assert (labels["training_pool"], labels["train_queries"], labels["train_pairs"], labels["validation_queries"],
+            labels["test_queries"]) == (40, 40, 40, 0, 60)
+    assert metadata["split"]["mine"]["source"].startswith("your qrels files (train: ")
+    # 40 labels leave no 20 to hold out: 5-fold cross-validation chose the epochs, then all 40 trained
+    validation = metadata["validation"]
+    assert validation["strategy"] == "kfold" and validation["folds"] == 5 and validation["queries"] == 40
+    assert len(metadata["recipe"]["final_training_curve"]) == validation["best_epoch"]
+    card = (out / "README.md").read_text()
+    assert ("| labels used | 40 training queries (40 query-document pairs) and 0 validation queries; the 60 test "
+            "queries were never used") in card
+    assert "5-fold cross-validation over the training queries" in card
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("adapt fold 1/5 epoch 1/6: train loss") and "(best " in m for m in messages)
+    assert any(m.startswith("adapt: saved") and "40 training queries (40 pairs)" in m for m in messages)
+
+    assert evaluate_main(["--data", str(root / "mine"), "--system", str(out), "--cache-dir", str(root / "cache"),
+                          "--output", str(tmp_path / "eval"), "--record"]) == 0
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(report["tasks"]["mine"]["test_qids"]) == {f"q{i}" for i in range(40, 100)}
+    card = (out / "README.md").read_text()
+    adapter = report["results"]["mine-both"]["tasks"]["mine"]["ndcg@10"]
+    doc2doc = report["results"]["doc2doc"]["tasks"]["mine"]["ndcg@10"]
+    assert f"| mine | 60 | **this adapter** | {adapter:.4f} |" in card
+    assert f"| mine | 60 | doc2doc (the index as it is: doc encoder on both sides) | {doc2doc:.4f} |" in card
+    assert "| mine | 60 | query2query (re-index with the query encoder) |" in card
+    assert "Test queries: your qrels files (train: " in card
+    assert ("Below the index on `mine`" in card) == (adapter < doc2doc)
+
+
+def test_a_run_that_keeps_its_start_says_so_and_fails_when_asked(user_folder, tmp_path, caplog):
+    root, out = user_folder, tmp_path / "stuck"
+    argv = ["--data", str(root / "mine"), "--train-labels", "10", "--init", str(root / "align"), "--cache-dir",
+            str(root / "cache"), "--output", str(out), "--epochs", "3", "--lr", "0", "--fail-below-index"]
+    with caplog.at_level(logging.INFO):
+        assert adapt_main(argv) == 1  # nothing can beat the start at lr 0
+    assert (out / "model.safetensors").is_file()  # saved all the same, for inspection
+    warnings = EraConfig.from_pretrained(out).training_metadata["validation"]["warnings"]
+    assert warnings and warnings[0].startswith("stage 2 kept epoch 0")
+    assert any(r.levelno == logging.WARNING and "kept epoch 0" in r.getMessage() for r in caplog.records)
+    card = (out / "README.md").read_text()
+    assert "**Warning:** stage 2 kept epoch 0" in card
+    with pytest.raises(SystemExit):
+        adapt_main(argv[:-1] + ["--label-budget", "0.5"])  # two ways of counting labels at once
+
+
+def test_help_says_what_the_label_options_count(capsys):
+    with pytest.raises(SystemExit):
+        adapt_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "share b of each task's training pool" in text and "--train-labels" in text
+    assert "--all-train-labels" in text and "--fail-below-index" in text and "--test-fraction" in text

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from era_adapters import cli
 from era_adapters.data import DataError, Query, Task, load_tasks
-from era_adapters.splits import labels_for_budget, make_split
+from era_adapters.splits import make_split, select_labels
 from task_files import assert_nested_and_disjoint
 from tiny_models import make_tiny_bert, write_task
 
@@ -308,8 +308,8 @@ CASES = {
     "label budget above 1": (cli.adapt_main, lambda w, t: adapt_args(w, t, "--label-budget", "1.5"),
                              r"--label-budget .* in \(0, 1\], got 1\.5"),
     "label budget rounding to no label": (cli.adapt_main, lambda w, t: adapt_args(w, t, "--label-budget", "0.001"),
-                                          r"--label-budget 0\.001 of its 20 labeled queries rounds to 0 labels; "
-                                          r"training needs at least 2 .* Use --label-budget 0\.1 or more"),
+                                          r"--label-budget 0\.001 × the \d+-query training pool of task 'good' = 0 "
+                                          r"queries gives 0 training queries; stage 2 needs at least 2"),
     "negative split seed": (cli.evaluate_main, lambda w, t: evaluate_args(w, t, "--split-seed", "-1"),
                             r"--split-seed .* >= 0"),
     "unknown adapter family": (cli.align_main, lambda w, t: align_args(w, t, "--adapter", "conv", data=w.data),
@@ -552,6 +552,8 @@ def test_splits_are_nested_and_disjoint_for_any_labels(queries, seed, budgets, t
     for budget in split.budgets:
         assert set(split.train(budget)) | set(split.val(budget)) <= labeled
         try:
-            assert labels_for_budget("t", budget, len(labeled)) >= 2
-        except DataError as refusal:
-            assert "rounds to" in str(refusal)
+            selection = select_labels(split, label_budget=budget)
+        except ValueError as refusal:  # too few labels for stage 2: refused with the count
+            assert "needs at least 2" in str(refusal) or "holds only" in str(refusal)
+            continue
+        assert len(selection.train_qids) >= 2 and not set(selection.train_qids) & set(split.test_qids)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tiny_models import WORDS, make_tiny_bert
+import era_adapters.cache as cache_module
 from era_adapters.cache import CorruptShardError, EmbeddingCache, embed_queries, embed_texts, ensure_embedded
 from era_adapters.encoders import TextEncoder
 
@@ -309,3 +310,17 @@ def test_two_processes_write_one_cache_equal_to_one_process(tiny, tmp_path):
         assert len(cache) == 94
         vectors[name] = cache.get(texts)
     np.testing.assert_array_equal(vectors["one"], vectors["two"])
+
+
+def test_a_progress_bar_shows_for_a_slow_call_of_any_size(tiny, tmp_path, capsys, monkeypatch):
+    encoder = TextEncoder(tiny, cache_dir=tmp_path)
+    embed_texts(encoder, make_texts(3, seed=1))  # 3 quick texts: under the delay, no bar
+    assert "embed bert" not in capsys.readouterr().err
+    monkeypatch.setattr(cache_module, "PROGRESS_DELAY_SECONDS", 0.0)  # as if each call took long
+    embed_texts(encoder, make_texts(3, seed=2))  # 3 texts: far below the old 512-text threshold
+    shown = capsys.readouterr().err
+    assert "embed bert: 100%" in shown and "3/3" in shown
+    embed_texts(encoder, make_texts(4, seed=3), cache=False)  # uncached calls get a bar too
+    assert "4/4" in capsys.readouterr().err
+    embed_texts(encoder, make_texts(3, seed=4), progress=False)
+    assert "embed bert" not in capsys.readouterr().err

@@ -18,14 +18,36 @@ QUERY_ID, QUERY_REV = "sentence-transformers/all-mpnet-base-v2", "e8c3b32edf5434
 DOC_ID, DOC_REV = "sentence-transformers/all-MiniLM-L6-v2", "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
 REPO_ID = "someone/era-mpnet-to-minilm"
 INSTRUCTION = 'Given a "claim", retrieve the passage that supports it'
-EVALUATION = {
-    "scifact": {"ndcg@10": 0.61234, "recall@100": 0.9, "mrr@10": 0.58, "map@100": 0.55, "n_queries": 300},
-    "arguana": {"ndcg@10": 0.45, "recall@100": 0.97, "mrr@10": 0.39, "map@100": 0.40},
+def baselines(doc2doc: float, query2query: float) -> dict:
+    return {"doc2doc": {"ndcg@10": doc2doc, "recall@100": 0.8, "mrr@10": 0.5, "map@100": 0.5},
+            "query2query": {"ndcg@10": query2query, "recall@100": 0.85, "mrr@10": 0.55, "map@100": 0.52,
+                            "vs_doc2doc": {"mean_diff": query2query - doc2doc, "p_value": 0.02}}}
+
+
+EVALUATION = {  # as `evaluate --record` writes it (era_adapters.artifacts.record_in_adapters)
+    "scifact": {"ndcg@10": 0.61234, "recall@100": 0.9, "mrr@10": 0.58, "map@100": 0.55, "n_queries": 300,
+                "baselines": baselines(0.60, 0.65), "vs_doc2doc": {"mean_diff": 0.01234, "p_value": 0.41}},
+    "arguana": {"ndcg@10": 0.45, "recall@100": 0.97, "mrr@10": 0.39, "map@100": 0.40, "n_queries": 700,
+                "baselines": baselines(0.50, 0.52), "vs_doc2doc": {"mean_diff": -0.05, "p_value": 0.003}},
+}
+LABELS = {  # as stage 2 writes it (era_adapters.adapt)
+    "validation": "holdout",
+    "tasks": {name: {"selection": f"--label-budget 0.1 × the {pool}-query training pool of task {name!r} = {used} "
+                                  f"queries", "train_queries": used - val, "train_pairs": used - val + 3,
+                     "validation_queries": val, "validation_from": "held out of the training labels",
+                     "test_queries": test}
+              for name, pool, used, val, test in (("scifact", 809, 81, 16, 300), ("arguana", 701, 70, 14, 700))},
+    "total": {"train_queries": 121, "train_pairs": 127, "validation_queries": 30, "test_queries": 1000},
 }
 METADATA = {
     "mode": "both",
     "tasks": ["scifact", "arguana"],
     "label_budget": 0.1,
+    "labels": LABELS,
+    "split": {"scifact": {"source": "your qrels files (train: qrels/train.tsv, test: qrels/test.tsv)"},
+              "arguana": {"source": "seeded split (seed 0): a 0.5 share of the labeled queries test"}},
+    "validation": {"how": "early stopping on 30 validation queries", "best_epoch": 7, "best": 0.55, "start": 0.5,
+                   "doc2doc": 0.52, "warnings": []},
     "seeds": {"split": 0, "train": 0},
     "recipe": {"summary": "linear adapter, closed-form ridge, then InfoNCE with mined negatives",
                "curve": [{"epoch": i, "validation": 0.1 * i} for i in range(50)]},
@@ -65,7 +87,8 @@ def test_saved_adapter_card_metadata_and_body(tmp_path):
     results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert results == {
         (task, metric.replace("@", "_at_")): pytest.approx(value)
-        for task, values in EVALUATION.items() for metric, value in values.items() if metric != "n_queries"
+        for task, values in EVALUATION.items() for metric, value in values.items()
+        if metric in ("ndcg@10", "recall@100", "mrr@10", "map@100")
     }
 
     metadata = front_matter((folder / "README.md").read_text())  # plain YAML, as the Hub parses it
@@ -85,10 +108,20 @@ def test_saved_adapter_card_metadata_and_body(tmp_path):
     assert f"check_doc_encoder(\"{DOC_ID}\", dim=index.d)" in body
     assert f"instruction={INSTRUCTION!r}" in body  # the default instruction, as a valid Python string
     assert "`{instruction} {query}`" in body  # the prompt template
-    assert "10% of each task's labeled queries (validation labels included)" in body  # label budget
+    # the labels actually used, per role, and where the split came from
+    assert ("| labels used | 121 training queries (127 query-document pairs) and 30 validation queries; the 1000 "
+            "test queries were never used") in body
+    assert "--label-budget 0.1 × the 809-query training pool of task 'scifact' = 81 queries, 65 train, 16 validation" in body
+    assert "`scifact`: your qrels files (train: qrels/train.tsv, test: qrels/test.tsv)" in body
+    assert "validation nDCG@10 0.5000 at the start, 0.5500 at epoch 7; doc2doc (the index as it is) 0.5200" in body
     assert "closed-form ridge, then InfoNCE" in body and '"curve"' not in body  # recipe, without the curves
-    assert "| scifact | 0.6123 | 0.9000 | 0.5800 | 0.5500 |" in body  # metrics table
-    assert "| arguana | 0.4500 | 0.9700 | 0.3900 | 0.4000 |" in body
+    # the adapter next to doc2doc and query2query on the same test queries, with counts and p-values
+    assert "| scifact | 300 | **this adapter** | 0.6123 | 0.9000 | 0.5800 | 0.5500 | +0.0123 (p=0.41) |" in body
+    assert "| scifact | 300 | doc2doc (the index as it is: doc encoder on both sides) | 0.6000 |" in body
+    assert "| scifact | 300 | query2query (re-index with the query encoder) | 0.6500 | 0.8500 | 0.5500 | 0.5200 | +0.0500 (p=0.02) |" in body
+    assert "| arguana | 700 | **this adapter** | 0.4500 | 0.9700 | 0.3900 | 0.4000 | -0.0500 (p=0.003) |" in body
+    assert "**Below the index on `arguana`:** nDCG@10 0.4500 vs doc2doc 0.5000 on the same 700 test queries" in body
+    assert "Below the index on `scifact`" not in body
     for section in ("## How to use", "## Training", "## Evaluation", "## Limitations"):
         assert section in body
     for block in python_blocks(body):
@@ -103,7 +136,7 @@ def test_card_without_evaluation_instruction_slot_or_pinned_revisions():
     assert "model-index" not in metadata and metadata["datasets"] == ["stdlib-code"]
     assert "Not evaluated yet" in card.text
     assert "revision `not pinned`" in card.text and "None" not in card.text
-    assert "none: self-supervised alignment only" in card.text
+    assert "none: self-supervised alignment only" in card.text and "| split | none: no labeled queries used |" in card.text
     assert 'encode_queries(["your query"])' in card.text and "instruction=" not in card.text
     assert "revision=" not in python_blocks(card.text)[0]  # nothing to pin the doc encoder to
     for block in python_blocks(card.text):

@@ -59,6 +59,27 @@ def test_beir_layout(tmp_path: Path, cache: Path) -> None:
     assert task.domain == "unknown"
 
 
+def test_qrels_files_given_by_role_are_honoured(tmp_path: Path, cache: Path) -> None:
+    folder = write_beir(tmp_path / "mine", qrels={"train": ["a\tc1\t1", "c\tc3\t1"]})
+    elsewhere = tmp_path / "labels" / "held-out.tsv"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("query-id\tcorpus-id\tscore\nb\tc2\t1\n")
+    (task,) = quiet_load(folder, cache, qrels={"test": elsewhere})
+    roles = {query.qid: query.split for query in task.queries}
+    assert roles == {"a": "train", "b": "test", "c": "train"}
+    assert task.roles_from == f"your qrels files (train: {folder / 'qrels' / 'train.tsv'}, test: {elsewhere})"
+    assert make_split(task).test_qids == ["b"]  # exactly the given test file's queries
+    (swapped,) = quiet_load(folder, cache, qrels={"train": elsewhere, "test": folder / "qrels" / "train.tsv"})
+    assert {query.qid: query.split for query in swapped.queries} == {"a": "test", "b": "train", "c": "test"}
+    with pytest.raises(DataError, match="the dev qrels file given does not exist"):
+        quiet_load(folder, cache, qrels={"dev": tmp_path / "nope.tsv"})
+    write_mair(tmp_path / "other")
+    with pytest.raises(ValueError, match="name the files of one task, but .* holds 2 tasks"):
+        quiet_load(tmp_path, cache, qrels={"test": elsewhere})
+    with pytest.raises(ValueError, match="apply to BEIR folders"):
+        quiet_load(tmp_path / "other", cache, qrels={"test": elsewhere})
+
+
 def test_folder_of_tasks_selection_and_ignore_identical_ids(tmp_path: Path, cache: Path) -> None:
     write_mair(tmp_path / "data" / "arguana")
     write_mair(tmp_path / "data" / "NFCorpus")  # no SOURCE.md: MAIR's table by folder name

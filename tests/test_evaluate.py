@@ -95,19 +95,42 @@ def test_record_writes_test_metrics_into_the_adapter_config_and_card(tmp_path, e
     assert "evaluation" not in before["training_metadata"]
     with pytest.raises(ValueError, match="--all-queries scores training queries"):
         run_evaluation(tmp_path, encoders, [str(tmp_path / "recorded")], record=True, all_queries=True)
-    report = run_evaluation(tmp_path, encoders, ["doc2doc", str(tmp_path / "recorded")], record=True, max_docs=30)
+    report = run_evaluation(tmp_path, encoders, [str(tmp_path / "recorded")], record=True, max_docs=30)
+    # --record puts the baselines in, so the card shows the adapter next to them on the same queries
+    assert list(report["results"]) == ["doc2doc", "query2query", "recorded"]
     measured = report["results"]["recorded"]["tasks"]["tiny"]
     after = EraConfig.from_pretrained(tmp_path / "recorded")
-    assert after.training_metadata["evaluation"] == {"tiny": {m: measured[m] for m in ("ndcg@10", "recall@100", "mrr@10", "map@100")}}
+    recorded = after.training_metadata["evaluation"]["tiny"]
+    metrics = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+    assert {m: recorded[m] for m in metrics} == {m: measured[m] for m in metrics}
+    assert recorded["n_queries"] == 10 and recorded["vs_doc2doc"] == measured["vs_doc2doc"]
+    for name in ("doc2doc", "query2query"):
+        theirs = report["results"][name]["tasks"]["tiny"]
+        assert {m: recorded["baselines"][name][m] for m in metrics} == {m: theirs[m] for m in metrics}
+    assert recorded["baselines"]["doc2doc"]["ndcg@10"] == pytest.approx(1.0)  # the adapter is far below it
     assert after.training_metadata["evaluation_settings"]["max_docs"] == 30
+    assert "seeded split" in after.training_metadata["evaluation_settings"]["test_source"]["tiny"]
     # everything else in config.json is unchanged
     assert {k: v for k, v in after.to_dict().items() if k != "training_metadata"} == {
         k: v for k, v in before.items() if k != "training_metadata"}
     card = ModelCard.load(tmp_path / "recorded" / "README.md")
     results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert results[("tiny", "ndcg_at_10")] == round(measured["ndcg@10"], 5)
-    assert f"{measured['ndcg@10']:.4f}" in card.text
+    assert f"| tiny | 10 | **this adapter** | {measured['ndcg@10']:.4f} |" in card.text
+    assert "| tiny | 10 | doc2doc (the index as it is: doc encoder on both sides) | 1.0000 |" in card.text
+    assert "**Below the index on `tiny`:**" in card.text
     assert not list((tmp_path / "recorded").glob(".*tmp"))  # no staging files left behind
+
+
+def test_an_adapter_trained_on_test_queries_is_refused(tmp_path, encoders):
+    write_task(tmp_path / "data" / "tiny")
+    model = tiny_adapter(encoders)
+    test = run_evaluation(tmp_path, encoders, ["doc2doc"])["tasks"]["tiny"]["test_qids"]
+    model.config.training_metadata = {"mode": "both", "split": {"tiny": {"train": [test[0]], "val": []}}}
+    save_query_encoder(model, tmp_path / "leaky")
+    with pytest.raises(ValueError, match=rf"leaky was trained on 1 of the 10 test queries of task 'tiny' \(e.g. "
+                                         rf"'{test[0]}'\)"):
+        run_evaluation(tmp_path, encoders, ["doc2doc", str(tmp_path / "leaky")])
 
 
 def test_identical_ids_are_ignored_when_the_task_asks(tmp_path, encoders):

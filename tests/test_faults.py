@@ -19,7 +19,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import transformers.modeling_utils
 
 import modeling_era.modeling_era as modeling

@@ -211,7 +211,7 @@ def test_fusion_stage_two_trains_both_branches_and_is_evaluated(backbones, synon
     align(synonym_data, query_encoder=str(strong), doc_encoder=str(light), output=tmp_path / "fa", adapter="fusion",
           cache_dir=cache, prompt_template="{query}")
     start = EraAdapter.from_pretrained(tmp_path / "fa")
-    trained = adapt(synonym_data, output=tmp_path / "fb", label_budget=0.4, mode="both", init=tmp_path / "fa",
+    trained = adapt(synonym_data, output=tmp_path / "fb", label_budget=0.8, validation="holdout", mode="both", init=tmp_path / "fa",
                     cache_dir=cache, **FAST)
     recipe = trained.config.training_metadata["recipe"]
     assert recipe["best_validation"] >= recipe["curve"][0]["validation"] + 0.2
@@ -219,7 +219,7 @@ def test_fusion_stage_two_trains_both_branches_and_is_evaluated(backbones, synon
         before, after = start.adapter.state_dict()[name], trained.adapter.state_dict()[name]
         assert not torch.equal(before, after), f"{name} was not trained"
     with pytest.raises(ValueError, match="not supported with a fusion adapter"):
-        adapt(synonym_data, output=tmp_path / "lora", label_budget=0.4, mode="both", init=tmp_path / "fa",
+        adapt(synonym_data, output=tmp_path / "lora", label_budget=0.8, validation="holdout", mode="both", init=tmp_path / "fa",
               cache_dir=cache, lora=True)
     report = evaluate(synonym_data, ["doc2doc", str(tmp_path / "fb")], query_encoder=str(strong),
                       doc_encoder=str(light), cache_dir=cache)

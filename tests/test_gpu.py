@@ -69,7 +69,7 @@ args = json.loads(sys.argv[1])
 root = args.pop("root")
 align(root + "/data", query_encoder=args["q"], doc_encoder=args["d"], output=root + "/align", adapter=args["adapter"],
       cache_dir=root + "/cache", prompt_template="{query}")
-model = adapt(root + "/data", output=root + "/both", label_budget=0.4, mode="both", init=root + "/align",
+model = adapt(root + "/data", output=root + "/both", label_budget=0.8, validation="holdout", mode="both", init=root + "/align",
               cache_dir=root + "/cache", **args["fast"])
 recipe = model.config.training_metadata["recipe"]
 print("RESULT", json.dumps({"start": recipe["curve"][0]["validation"], "best": recipe["best_validation"],

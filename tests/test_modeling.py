@@ -220,6 +220,21 @@ def test_wrong_backbone_for_adapter(tiny_backbone, tmp_path):
         EraQueryEncoder.from_backbone(config, AutoModel.from_pretrained(other), AutoTokenizer.from_pretrained(other))
 
 
+def test_a_missing_backbone_names_the_encoder_and_three_fixes(tmp_path, no_network, monkeypatch):
+    """Offline, with the adapter's query encoder in no cache: the error says which encoder and how to fix it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = EraConfig(query_encoder="someone/absent-query-encoder", query_dim=32, doc_dim=16)
+    EraQueryEncoder(config).save_pretrained(tmp_path / "adapter")  # by reference: no backbone in the folder
+    with pytest.raises(OSError) as raised:
+        AutoModel.from_pretrained(tmp_path / "adapter", trust_remote_code=True, local_files_only=True,
+                                  cache_dir=tmp_path / "empty-hub-cache")
+    message = str(raised.value)
+    assert "runs the encoder 'someone/absent-query-encoder'" in message
+    assert "cache_dir=era_adapters.models.offline_hub_cache(), local_files_only=True" in message  # (1) a warm cache
+    assert "backbone=AutoModel.from_pretrained(local_copy)" in message  # (2) the loaded encoder
+    assert "bundle_backbone=True" in message  # (3) a folder that carries its backbone
+
+
 def test_reference_checkpoint_import(tmp_path):
     weight, bias = torch.randn(16, 32), torch.randn(16)
     torch.save({"proj.weight": weight, "proj.bias": bias}, tmp_path / "adapter.pt")

@@ -12,7 +12,8 @@ import datasets
 import pytest
 
 from era_adapters.data import DataError, Query, Task
-from era_adapters.splits import TaskSplit, make_split
+from era_adapters.splits import (MIN_VALIDATION_QUERIES, TaskSplit, make_split, protocol_label_options,
+                                  resolve_validation, select_labels)
 from task_files import assert_nested_and_disjoint
 
 BUDGETS = (0.05, 0.1, 0.2, 0.4)
@@ -102,9 +103,18 @@ def test_all_test_split_field_is_carved_by_seed() -> None:
     assert split.protocol == "seeded" and len(split.test_qids) == 30
 
 
+def test_train_roles_without_test_ones_carve_a_seeded_test_part() -> None:
+    task = synthetic_task(40, ["train"] * 40)
+    split = make_split(task, seed=2)
+    assert len(split.test_qids) == 20 and len(split.train_pool) == 20 and not split.dev_pool
+    assert not set(split.test_qids) & set(split.train_pool)
+    assert "no test queries given: a seeded 0.5 of them test (seed 2)" in split.source
+    assert len(make_split(task, test_fraction=0.25).test_qids) == 10
+    unsplit = make_split(task, test_fraction=0.0)  # pairs given to train on: no test part
+    assert unsplit.test_qids == [] and sorted(unsplit.train_pool) == sorted(q.qid for q in task.queries)
+
+
 def test_split_field_errors() -> None:
-    with pytest.raises(DataError, match="none is 'test'"):
-        make_split(synthetic_task(10, ["train"] * 10))
     mixed = synthetic_task(3, ["train", "test", "test"]).queries + [Query("q9", "x", "", {"d0": 1}, None)]
     with pytest.raises(DataError, match="query 'q9' has no split while others are train/dev"):
         make_split(Task("toy", "unknown", ["d0"], None, mixed))
@@ -113,7 +123,7 @@ def test_split_field_errors() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"seed": -1}, {"budgets": (0.0,)}, {"budgets": ()}, {"test_fraction": 1.0},
-                                    {"val_share": 0}])
+                                    {"test_fraction": -0.1}, {"val_share": 0}])
 def test_split_argument_checks(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         make_split(synthetic_task(10), **kwargs)
@@ -153,3 +163,80 @@ def test_split_round_trips_through_json() -> None:
     }
     with pytest.raises(KeyError, match=r"budget 0\.3 is not in this split"):
         split.val(0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The labels stage 2 uses
+# ---------------------------------------------------------------------------------------------
+
+
+def test_label_budget_is_a_share_of_the_training_pool() -> None:
+    split = make_split(synthetic_task(200), seed=3)  # 100 test, a training pool of 100
+    chosen = select_labels(split, label_budget=0.4)  # 40 queries: 8 held out for validation, 32 train
+    assert (len(chosen.train_qids), len(chosen.val_qids)) == (32, 8)
+    assert chosen.train_qids == split.train_pool[:32] and chosen.val_qids == split.train_pool[::-1][:8]
+    assert chosen.record == {
+        "selection": "--label-budget 0.4 × the 100-query training pool of task 'toy' = 40 queries",
+        "split_source": split.source, "training_pool": 100, "dev_pool": 0, "train_queries": 32,
+        "validation_queries": 8, "validation_from": "held out of the training labels", "test_queries": 100}
+    assert not (set(chosen.train_qids) | set(chosen.val_qids)) & set(split.test_qids)
+    counted = select_labels(split, train_labels=40)  # the same as a count
+    assert (counted.train_qids, counted.val_qids) == (chosen.train_qids, chosen.val_qids)
+    everything = select_labels(split, all_train_labels=True)  # every pool query trains, nothing held out
+    assert everything.train_qids == split.train_pool and everything.val_qids == []
+    assert len(select_labels(split, label_budget=0.4, val_fraction=0.5).val_qids) == 20
+    assert len(select_labels(split, label_budget=0.4, val_labels=3).val_qids) == 3
+
+
+def test_a_dev_pool_validates_and_every_selected_label_trains() -> None:
+    task = synthetic_task(100, ["test"] * 40 + ["train"] * 50 + ["dev"] * 10)
+    split = make_split(task, seed=1)
+    chosen = select_labels(split, label_budget=0.5)
+    dev = {q.qid for q in task.queries if q.split == "dev"}
+    assert len(chosen.train_qids) == 25 and set(chosen.val_qids) == dev
+    assert chosen.record["validation_from"] == "dev"
+    assert select_labels(split, all_train_labels=True).train_qids == split.train_pool
+    assert len(select_labels(split, train_labels=5, val_labels=4).val_qids) == 4
+
+
+def test_too_few_labels_are_refused_with_the_count() -> None:
+    split = make_split(synthetic_task(80), seed=0)  # a training pool of 40
+    with pytest.raises(ValueError, match=r"--label-budget 0.02 × the 40-query training pool of task 'toy' = 1 "
+                                         r"queries gives 1 training query; stage 2 needs at least 2"):
+        select_labels(split, label_budget=0.02)
+    with pytest.raises(ValueError, match=r"gives 1 training query once 1 are held out for validation"):
+        select_labels(split, train_labels=2, val_labels=1)
+    with pytest.raises(ValueError, match="the pool holds only 40"):
+        select_labels(split, train_labels=41)
+    with pytest.raises(ValueError, match="exactly one of --label-budget"):
+        select_labels(split, label_budget=0.5, train_labels=3)
+    with pytest.raises(ValueError, match="exactly one of --label-budget"):
+        select_labels(split)
+
+
+def test_validation_falls_back_to_kfold_with_few_validation_queries() -> None:
+    split = make_split(synthetic_task(400), seed=0)  # a training pool of 200
+    big = select_labels(split, label_budget=0.5)  # 20 held out
+    small = select_labels(split, label_budget=0.4)  # 16 held out
+    assert len(big.val_qids) == MIN_VALIDATION_QUERIES and len(small.val_qids) < MIN_VALIDATION_QUERIES
+    assert resolve_validation("auto", [big]) == "holdout"
+    assert resolve_validation("auto", [small]) == "kfold"
+    assert resolve_validation("auto", [small, small]) == "holdout"  # 32 across tasks
+    assert resolve_validation("holdout", [small]) == "holdout"  # asked for: kept
+    with pytest.raises(ValueError, match="--validation holdout needs validation queries"):
+        resolve_validation("holdout", [select_labels(split, all_train_labels=True)])
+
+
+@pytest.mark.parametrize("splits", [None, ["test"] * 40 + ["train"] * 50 + ["dev"] * 10,
+                                    ["test"] * 40 + ["train"] * 60, ["test"] * 94 + ["dev"] * 6,
+                                    ["test"] * 90 + ["train"] * 10])
+def test_protocol_budgets_convert_to_the_same_queries(splits) -> None:
+    """The benchmark passes its budgets (fractions of ALL labeled queries) as counts: same queries."""
+    split = make_split(synthetic_task(100, splits), seed=5)
+    for budget in split.budgets:
+        if len(split.train(budget)) < 2:  # the protocol's floor is one; stage 2 refuses fewer than two
+            with pytest.raises(ValueError, match="stage 2 needs at least 2"):
+                select_labels(split, **protocol_label_options(split, budget))
+            continue
+        chosen = select_labels(split, **protocol_label_options(split, budget))
+        assert (chosen.train_qids, chosen.val_qids) == (split.train(budget), split.val(budget))
