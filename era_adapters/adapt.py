@@ -66,6 +66,8 @@ from era_adapters.model_selection import BelowIndexError, cross_validate, verdic
 from era_adapters.splits import DEFAULT_VAL_FRACTION, MIN_VALIDATION_QUERIES
 from era_adapters.supervision import (VALIDATION_METRIC, AdaptData, CachedQueries, doc2doc_validation, load_adapt_data,
                                       validation_score)
+from era_adapters.teacher import (DistillBatch, Distillation, TeacherSettings, build_targets, task_unlabeled_queries,
+                                  teacher_encoders)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ MODES = ("both", "adapt")
 # labels-only baseline: nothing from stage 1 may leak into it.
 MODE_ALIGN_WEIGHT = {"both": 2.0, "adapt": 0.0}
 _ALIGN_SAMPLE_STREAM = 6  # numpy SeedSequence stream of the regulariser's per-step text sample
+_DISTILL_SAMPLE_STREAM = 8  # and of the distillation loss's unlabeled queries (7: k-fold)
 
 
 @dataclass(kw_only=True)
@@ -105,6 +108,11 @@ class AdaptSettings(Settings):
     patience: int = option(5, help="epochs without a better validation score before stopping", valid=AT_LEAST_ONE)
     max_grad_norm: float | None = option(1.0, help="gradient clipping norm (None: off)", valid=POSITIVE)
     seed: int = option(0, help="seed of the start (adapt mode), batch order and LoRA init", valid=NON_NEGATIVE)
+    distill_weight: float = option(0.0, help="weight of the distillation loss (era_adapters.distill) on unlabeled "
+                                             "queries, added to the contrastive loss: every query outside the test "
+                                             "and validation parts (or --query-log), labels ignored; 0: off",
+                                   valid=NON_NEGATIVE)
+    distill_batch_size: int = option(64, help="unlabeled queries per step for that loss", valid=AT_LEAST_ONE)
 
     def for_mode(self, mode: str) -> AdaptSettings:
         """These settings with the mode's default filled in where none was given."""
@@ -183,6 +191,7 @@ class StepBatch:
     local_rows: torch.Tensor  # this process's share
     align_global: int  # unlabeled texts in the global step (for the normaliser)
     align_local: torch.Tensor | None
+    distill: DistillBatch | None = None  # unlabeled queries of the distillation loss
 
 
 def train_adapter(
@@ -195,9 +204,11 @@ def train_adapter(
     checkpoint_dir: Path | None = None,
     validate: bool = True,
     name: str = "adapt",
+    distillation: Distillation | None = None,
 ) -> tuple[LoopResult, Negatives]:
     """Run the contrastive training of `model` (in place; best validation epoch restored; `validate=False`:
-    all `settings.epochs`, the last kept)."""
+    all `settings.epochs`, the last kept); with `distillation`, plus `settings.distill_weight` × its loss on
+    a batch of unlabeled queries per step."""
     device = accelerator.device
     docs = torch.from_numpy(data.doc_vectors).to(device)
     positives = torch.from_numpy(data.positives).to(device)
@@ -211,12 +222,18 @@ def train_adapter(
     def batches(epoch: int):
         groups = seeded_batches(n_train, settings.batch_size, settings.seed, epoch)
         generator = np.random.default_rng([_ALIGN_SAMPLE_STREAM, settings.seed, epoch])
+        unlabeled = np.random.default_rng([_DISTILL_SAMPLE_STREAM, settings.seed, epoch])
         for group in groups:
-            align_global, align_local = 0, None
+            align_global, align_local, distill = 0, None, None
             if use_align:
                 sample = torch.from_numpy(generator.choice(n_align, min(n_align, settings.align_batch_size), replace=False))
                 align_global, align_local = len(sample), local_rows(sample, accelerator).to(device)
-            yield StepBatch(group.to(device), local_rows(group, accelerator).to(device), align_global, align_local)
+            if distillation is not None:
+                count = len(distillation.targets)
+                items = np.sort(unlabeled.choice(count, min(count, settings.distill_batch_size), replace=False))
+                distill = distillation.batch(items, unlabeled)
+            yield StepBatch(group.to(device), local_rows(group, accelerator).to(device), align_global, align_local,
+                            distill)
 
     def loss_fn(wrapped: nn.Module, batch: StepBatch) -> torch.Tensor:
         local = batch.local_rows
@@ -233,6 +250,8 @@ def train_adapter(
                 aligned, align_targets[batch.align_local], "cosine", normaliser=batch.align_global / world)
         if settings.l2_to_init > 0:  # the same value on every process, so DDP's average leaves it as is
             loss = loss + 0.5 * settings.l2_to_init * l2_to_start(accelerator.unwrap_model(wrapped), start)
+        if batch.distill is not None:
+            loss = loss + settings.distill_weight * distillation.loss(wrapped, batch.distill)
         return loss
 
     align_targets = torch.from_numpy(data.align_targets).to(device) if use_align else None
@@ -245,12 +264,28 @@ def train_adapter(
         return score
 
     if checkpoint_dir is not None:
-        claim_checkpoint_folder(checkpoint_dir, _run_record(settings, data, model), accelerator)
+        record = _run_record(settings, data, model)
+        record["teacher"] = distillation.settings.to_dict() if distillation is not None else None
+        claim_checkpoint_folder(checkpoint_dir, record, accelerator)
     result = train(model, batches_for_epoch=batches, loss_fn=loss_fn, validate=validation if validate else None,
                    config=settings.loop_config(), accelerator=accelerator, checkpoint_dir=checkpoint_dir,
                    steps_per_epoch=math.ceil(n_train / settings.batch_size), on_epoch_start=negatives.on_epoch_start,
                    name=name, metric=f"validation {VALIDATION_METRIC}")
     return result, negatives
+
+
+def _distillation(args: AdaptArguments, settings: AdaptSettings, teacher: TeacherSettings, tasks: list,
+                  data: AdaptData, config: EraConfig, accelerator: Accelerator) -> Distillation | None:
+    """The distillation loss on each task's unlabeled queries (validation queries left out), or None."""
+    if settings.distill_weight <= 0:
+        return None
+    queries = task_unlabeled_queries(tasks, split_seed=args.split_seed, test_fraction=args.test_fraction,
+                                     settings=teacher, leave_out=[view.val_qids for view in data.tasks])
+    student, strong, doc = teacher_encoders(config, args.cache_dir, args.embed_batch_size)
+    targets = build_targets(tasks, queries, student_encoder=student, strong_encoder=strong, doc_encoder=doc,
+                            settings=teacher, max_docs=args.max_docs, split_seed=args.split_seed, seed=settings.seed,
+                            cache_dir=args.cache_dir, accelerator=accelerator)
+    return Distillation(targets, teacher, accelerator.device, accelerator.num_processes, accelerator.process_index)
 
 
 def _run_record(settings: AdaptSettings, data: AdaptData, model: nn.Module) -> dict[str, Any]:
@@ -323,21 +358,23 @@ def adapt(data: Any = None, *, pairs: Any = None, corpus: dict[str, str] | None 
     ...]` with `corpus={doc_id: text}`. In-memory pairs are all training pairs (no test part carved unless
     `test_fraction` says so). `init` may be the `EraAdapter` that `align` returned. `options` are the
     fields of `AdaptArguments` (output, label_budget | train_labels | all_train_labels, mode, init, ...)
-    and of `AdaptSettings` (temperature, epochs, lr, ...)."""
+    and of `AdaptSettings` (temperature, epochs, lr, distill_weight, ...) and, with `distill_weight`, of
+    `TeacherSettings` (teacher, teacher_docs, query_log, ...)."""
     tasks = given_tasks(data, pairs=pairs, corpus=corpus)
     if gives_pairs(data, pairs):
         options.setdefault("test_fraction", 0.0)  # pairs given to train on: all of them are the training pool
     init_model = options.get("init") if isinstance(options.get("init"), EraAdapter) else None
     if init_model is not None:
         options["init"] = f"an in-memory EraAdapter ({init_model.config.training_metadata.get('mode', 'untrained')})"
-    run, hyper = split_options(options, AdaptArguments, AdaptSettings)
+    run, hyper, teacher = split_options(options, AdaptArguments, AdaptSettings, TeacherSettings)
     args = AdaptArguments(data=describe(tasks) if tasks is not None else data, **run)
-    return run_adaptation(args, AdaptSettings(**hyper), accelerator=accelerator, tasks=tasks, init_model=init_model)
+    return run_adaptation(args, AdaptSettings(**hyper), accelerator=accelerator, tasks=tasks, init_model=init_model,
+                          teacher=TeacherSettings(**teacher))
 
 
 def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
                    accelerator: Accelerator | None = None, tasks: list | None = None,
-                   init_model: EraAdapter | None = None) -> EraAdapter:
+                   init_model: EraAdapter | None = None, teacher: TeacherSettings | None = None) -> EraAdapter:
     """Run stage 2 and save the adapted query encoder to `args.output`; returns the trained adapter.
     With a LoRA, the returned adapter is the adapter part; the LoRA weights are in the saved folder.
     `tasks`: in-memory tasks instead of `args.data`; `init_model`: the starting adapter instead of `args.init`.
@@ -348,14 +385,20 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
     model, q_encoder, d_encoder, start = _starting_adapter(args, settings.seed, init_model)
     if args.lora and model.config.adapter_type == "fusion":
         raise ValueError("--lora is not supported with a fusion adapter (two query backbones); drop --lora.")
+    if args.lora and settings.distill_weight > 0:
+        raise ValueError("--distill-weight trains on cached query vectors, which a LoRA on the query backbone "
+                         "changes; drop one of --lora and --distill-weight.")
     init_metadata = dict(model.config.training_metadata)
     align_seed = int(init_metadata.get("seeds", {}).get("sample", settings.seed)) if args.mode == "both" else settings.seed
+    loaded = stage_tasks(args, tasks)
     adapt_data = load_adapt_data(
-        stage_tasks(args, tasks), labels=args.label_options(), validation=args.validation, split_seed=args.split_seed,
+        loaded, labels=args.label_options(), validation=args.validation, split_seed=args.split_seed,
         test_fraction=args.test_fraction, query_encoder=q_encoder, doc_encoder=d_encoder, max_docs=args.max_docs,
         cache_dir=args.cache_dir, accelerator=accelerator,
         align_texts=settings.align_texts if settings.align_weight > 0 else 0, align_seed=align_seed,
     )
+    distillation = _distillation(args, settings, teacher or TeacherSettings(), loaded, adapt_data, model.config,
+                                 accelerator)
     lora_config = None
     if args.lora:
         lora_config = default_lora_config(q_encoder, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
@@ -374,17 +417,18 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
         def run_fold(fold: AdaptData, name: str) -> LoopResult:
             fold_model, fold_queries = fresh(fold)
             return train_adapter(fold_model, fold, replace(settings, patience=settings.epochs), accelerator=accelerator,
-                                 queries=fold_queries, name=name)[0]
+                                 queries=fold_queries, name=name, distillation=distillation)[0]
 
         chosen = cross_validate(adapt_data, run_fold, settings.seed)
         result, negatives = LoopResult(0, chosen["best_validation"], []), None
         if chosen["best_epoch"] > 0:  # then train on all of them for the chosen number of epochs
             result, negatives = train_adapter(trained, adapt_data, replace(settings, epochs=chosen["best_epoch"]),
                                               accelerator=accelerator, queries=queries, checkpoint_dir=folder,
-                                              validate=False, name="adapt (all training queries)")
+                                              validate=False, name="adapt (all training queries)",
+                                              distillation=distillation)
     else:
         result, negatives = train_adapter(trained, adapt_data, settings, accelerator=accelerator, queries=queries,
-                                          checkpoint_dir=folder)
+                                          checkpoint_dir=folder, distillation=distillation)
         n_validation = sum(len(view.val_qids) for view in adapt_data.tasks)
         chosen = {"best_epoch": result.best_epoch, "best_validation": result.best_score, "curve": result.history,
                   "doc2doc_validation": doc2doc_validation(adapt_data),
@@ -396,6 +440,14 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
     metadata = stage_metadata(args, settings, adapt_data, chosen, result, negatives, config=config, start=start,
                               lora=lora_config, align_seed=align_seed, init_metadata=init_metadata,
                               warnings=warnings, processes=accelerator.num_processes)
+    if distillation is not None:
+        metadata["distillation"] = {"weight": settings.distill_weight, "teacher": distillation.settings.to_dict(),
+                                    "unlabeled_queries": len(distillation.targets),
+                                    "teacher_cost": distillation.targets.cost}
+        metadata["recipe"]["summary"] += (
+            f"; plus {settings.distill_weight:g} × the distillation loss on {len(distillation.targets)} unlabeled "
+            f"queries (teacher: {distillation.settings.teacher}, at most {distillation.settings.teacher_docs} "
+            f"documents per corpus through Q)")
     config.training_metadata = metadata
     if accelerator.is_main_process:
         if args.lora:

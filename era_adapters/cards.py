@@ -132,6 +132,10 @@ def _labels_used(metadata: dict[str, Any]) -> str:
     """The labels stage 2 actually used, per role, as `training_metadata["labels"]` counted them."""
     labels = metadata.get("labels")
     if labels is None:
+        if metadata.get("mode") == "distill":
+            queries = metadata["distillation"]["queries"]
+            return (f"none: distilled from the query encoder's ranking on {queries['unlabeled']} unlabeled queries "
+                    f"({queries['source']}), no labels read")
         if metadata.get("mode") == "align" or metadata.get("label_budget") is None:
             return "none: self-supervised alignment only, no labeled queries"
         return f"label budget {metadata['label_budget']} (counts per role not recorded)"
@@ -150,7 +154,7 @@ def _labels_used(metadata: dict[str, Any]) -> str:
 def _split_source(metadata: dict[str, Any]) -> str:
     sources = {name: split.get("source") for name, split in metadata.get("split", {}).items() if split.get("source")}
     if not sources:
-        return "none: no labeled queries used" if metadata.get("mode") == "align" else "not recorded"
+        return "none: no labeled queries used" if metadata.get("mode") in ("align", "distill") else "not recorded"
     if len(set(sources.values())) == 1:
         return next(iter(sources.values()))
     return "; ".join(f"`{name}`: {source}" for name, source in sources.items())
@@ -182,7 +186,7 @@ def _without_curves(value: Any) -> Any:
 
 def _training_details(metadata: dict[str, Any]) -> str:
     shown = {key: _without_curves(metadata[key]) for key in ("mode", "recipe", "seeds", "tasks", "label_budget", "labels",
-                                                             "validation", "alignment") if key in metadata}
+                                                             "validation", "distillation", "alignment") if key in metadata}
     if not shown:
         return "No training metadata recorded."
     return "```json\n" + json.dumps(shown, indent=1, default=str) + "\n```"

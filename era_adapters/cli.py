@@ -1,4 +1,4 @@
-"""The command lines: `era-embed`, `era-align`, `era-adapt`, `era-evaluate`, `era-push`, `era-export`,
+"""The command lines: `era-embed`, `era-align`, `era-distill`, `era-adapt`, `era-evaluate`, `era-push`, `era-export`,
 `era-demo` and `era-validate` (console scripts), also run as `python training/<stage>.py` or `accelerate
 launch training/<stage>.py`. Each parses its arguments and calls the library; the training stages' settings
 are the dataclasses of their modules (`era_adapters.arguments`), so defaults and help live there.
@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 from era_adapters.arguments import parse_arguments
 from era_adapters.data import DataError
 
-__all__ = ["adapt_main", "align_main", "demo_main", "embed_main", "evaluate_main", "export_main", "push_main",
-           "validate_main"]
+__all__ = ["adapt_main", "align_main", "demo_main", "distill_main", "embed_main", "evaluate_main", "export_main",
+           "push_main", "validate_main"]
 
 
 def _is_main_process() -> bool:
@@ -69,14 +69,26 @@ def align_main(argv: Sequence[str] | None = None) -> int:
     return _reporting_errors(lambda: align.run_alignment(args))
 
 
+def distill_main(argv: Sequence[str] | None = None) -> int:
+    from era_adapters import distill
+    from era_adapters.teacher import TeacherSettings
+
+    args, settings, teacher = parse_arguments([distill.DistillArguments, distill.DistillSettings, TeacherSettings],
+                                              argv, distill.__doc__)
+    _configure_logging()
+    return _reporting_errors(lambda: distill.run_distillation(args, settings, teacher))
+
+
 def adapt_main(argv: Sequence[str] | None = None) -> int:
     from era_adapters import adapt
     from era_adapters.model_selection import BelowIndexError
+    from era_adapters.teacher import TeacherSettings
 
-    args, settings = parse_arguments([adapt.AdaptArguments, adapt.AdaptSettings], argv, adapt.__doc__)
+    args, settings, teacher = parse_arguments([adapt.AdaptArguments, adapt.AdaptSettings, TeacherSettings], argv,
+                                              adapt.__doc__)
     _configure_logging()
     try:
-        return _reporting_errors(lambda: adapt.run_adaptation(args, settings))
+        return _reporting_errors(lambda: adapt.run_adaptation(args, settings, teacher=teacher))
     except BelowIndexError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Training losses of the stages, one implementation each: the contrastive InfoNCE loss of stage 2,
-the alignment loss A(Q(t)) ≈ D(t) (stage 1's gradient fits and stage 2's regulariser), and the L2 pull
-toward the starting weights.
+the alignment loss A(Q(t)) ≈ D(t) (stage 1's gradient fits and stage 2's regulariser), the L2 pull
+toward the starting weights, and the listwise distillation loss (era_adapters.distill, and stage 2
+with unlabeled queries).
 
 Every loss is a sum over this process's rows divided by a `normaliser` (default: the rows' count, a
 mean). Under DDP the stages pass the global row count divided by the world size, so that DDP's
@@ -96,3 +97,19 @@ def alignment_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str = "c
 def l2_to_start(model: nn.Module, start: dict[str, torch.Tensor]) -> torch.Tensor:
     """||θ − θ_start||² over the parameters named in `start` (the trainable ones when training began)."""
     return sum(((parameter - start[name]) ** 2).sum() for name, parameter in model.named_parameters() if name in start)
+
+
+def distillation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor, *,
+                      student_temperature: float, teacher_temperature: float,
+                      normaliser: float | None = None) -> torch.Tensor:
+    """Listwise distillation: per query, KL(softmax(teacher/τ_t) ‖ softmax(student/τ_s)) over its
+    candidates (`mask`: which columns are real); summed over queries and divided by `normaliser`
+    (default: the number of queries). A query without candidates contributes 0."""
+    count = len(mask)
+    has_candidates = mask.any(1)  # an empty row would be all -inf: NaN in the softmax and its gradient
+    student_scores, teacher_scores, mask = student_scores[has_candidates], teacher_scores[has_candidates], \
+        mask[has_candidates]
+    log_student = torch.log_softmax((student_scores / student_temperature).masked_fill(~mask, float("-inf")), 1)
+    log_teacher = torch.log_softmax((teacher_scores / teacher_temperature).masked_fill(~mask, float("-inf")), 1)
+    per_query = (log_teacher.exp() * (log_teacher - log_student)).masked_fill(~mask, 0.0).sum(1)
+    return per_query.sum() / (normaliser if normaliser is not None else max(1, count))

@@ -476,3 +476,31 @@ def read_mair_hub(raw_docs: datasets.Dataset, raw_queries: datasets.Dataset,
     """A MAIR task fetched from the Hub (its docs and queries splits), validated like a local folder."""
     doc_ids, docs = _checked_mair_docs(raw_docs, _Source(docs_description))
     return doc_ids, docs, _mair_queries(raw_queries, _Source(queries_description), set(doc_ids))
+
+
+def read_query_log(path: str | Path) -> list[Query]:
+    """Unlabeled queries from a user's query log: a text file with one query a line, or JSON lines
+    `{"query": ..., "instruction": ...}` (instruction and `qid` optional). Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"query log {path} not found: pass a text file (one query a line) or JSONL "
+                        f'({{"query": ..., "instruction": ...}}).')
+    queries, as_json = [], path.name.endswith((".jsonl", ".jsonl.gz"))
+    for number, line in _numbered_records(path):
+        where = partial(str, f"{path}, line {number}")
+        if as_json:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as bad:
+                raise DataError(f"{where()}: not valid JSON ({bad.msg}); write one object per line.") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where()}: expected a JSON object with a 'query' field, got {type(record).__name__}.")
+            qid = str(record.get("qid", f"log-{number}"))
+            text = _as_text(record.get("query"), "query", qid, where)
+            instruction = _as_text(record.get("instruction", ""), "instruction", qid, where, allow_empty=True)
+        else:
+            qid, text, instruction = f"log-{number}", line.strip(), ""
+        queries.append(Query(qid, text, instruction, {}))
+    if not queries:
+        raise DataError(f"query log {path} is empty: write one query a line (or one JSON object a line).")
+    return queries
