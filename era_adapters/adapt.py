@@ -46,15 +46,17 @@ from torch import nn
 
 from modeling_era import EraAdapter, EraConfig
 from era_adapters.arguments import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, DataArguments, Range, Settings,
-                                    option, split_options)
-from era_adapters.artifacts import adapter_input_dim, era_config, query_side_encoder, save_query_encoder
+                                    VectorArguments, option, split_options)
+from era_adapters.artifacts import (adapter_doc_side, adapter_input_dim, adapter_query_side, era_config,
+                                    save_query_encoder)
 from era_adapters.data import load_tasks
-from era_adapters.encoders import TextEncoder, choose_prompt_template
+from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder, choose_prompt_template
 from era_adapters.lora import LoraQueries, build_lora_model, default_lora_config, save_lora_query_encoder
 from era_adapters.loop import (LoopConfig, LoopResult, checkpoint_folder, claim_checkpoint_folder, local_rows,
                                seeded_batches, train, trainable_fingerprint)
 from era_adapters.losses import alignment_loss, contrastive_loss, l2_to_start, pair_weights
 from era_adapters.mining import Negatives
+from era_adapters.sides import EncoderSide, doc_side_from, query_side_from
 from era_adapters.supervision import VALIDATION_METRIC, AdaptData, CachedQueries, load_adapt_data, task_ndcg
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class AdaptSettings(Settings):
 
 
 @dataclass(kw_only=True)
-class AdaptArguments(DataArguments):
+class AdaptArguments(VectorArguments, DataArguments):
     """What stage 2 runs on and where its adapter goes."""
 
     output: str = option(help="folder for the adapted EraQueryEncoder")
@@ -134,6 +136,12 @@ class AdaptArguments(DataArguments):
     lora_dropout: float = option(0.0, help="LoRA dropout", valid=Range(0, 1, open_high=True))
     lora_targets: list[str] | None = option(None, help="module names for the LoRA (default: the attention "
                                                        "query/value projections)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_doc_side(self.doc_encoder, needs_name=self.mode == "adapt")
+        if self.query_encoder is not None and (self.query_vectors is not None or self.query_doc_vectors is not None):
+            raise ValueError("give --query-encoder (a model ERA runs) or --query-vectors (stored vectors), not both.")
 
 
 @dataclass
@@ -222,9 +230,11 @@ def _run_record(settings: AdaptSettings, data: AdaptData, model: nn.Module) -> d
     }
 
 
-def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, TextEncoder, TextEncoder, dict[str, Any]]:
-    mode, init, query_encoder, doc_encoder = args.mode, args.init, args.query_encoder, args.doc_encoder
-    cache_dir, embed_batch_size, prompt_template = args.cache_dir, args.embed_batch_size, args.prompt_template
+def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, Any, Any, dict[str, Any]]:
+    """The starting adapter and its query and doc sides (encoders run through the cache, or stored vectors)."""
+    mode, init = args.mode, args.init
+    encoder = {"cache_dir": args.cache_dir, "batch_size": args.embed_batch_size}
+    stored_queries = query_side_from(args)
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose 'both' (from --init) or 'adapt' (labels only).")
     if mode == "both":
@@ -232,12 +242,12 @@ def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, Text
             raise ValueError("--mode both starts from the stage-1 adapter: pass --init OUT_ALIGN.")
         config = EraConfig.from_pretrained(init)
         model = EraAdapter.from_pretrained(init)
-        for given, expected, side in ((query_encoder, config.query_encoder, "query"), (doc_encoder, config.doc_encoder, "doc")):
+        for given, expected, side in ((args.query_encoder, config.query_encoder, "query"),
+                                      (args.doc_encoder, config.doc_encoder, "doc")):
             if given is not None and str(given) != str(expected):
                 raise ValueError(f"--{side}-encoder {given} differs from the {side} encoder of {init} ({expected}).")
-        q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
-        d_encoder = TextEncoder(config.doc_encoder, revision=config.doc_encoder_revision, cache_dir=cache_dir,
-                                batch_size=embed_batch_size)
+        d_side = adapter_doc_side(model, args, where=str(init), **encoder)
+        q_side = adapter_query_side(config, stored_queries=stored_queries, doc_side=d_side, **encoder)
         start = {"init": str(init), "init_mode": config.training_metadata.get("mode"),
                  "init_recipe": config.training_metadata.get("recipe", {}).get("summary"),
                  "prompt": config.training_metadata.get("prompt", {"template": config.prompt_template,
@@ -245,13 +255,21 @@ def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, Text
     else:
         if init is not None:
             raise ValueError("--mode adapt starts from a neutral adapter; --init belongs to --mode both.")
-        if query_encoder is None or doc_encoder is None:
-            raise ValueError("--mode adapt needs --query-encoder and --doc-encoder.")
-        q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
-        prompt = choose_prompt_template(q_encoder, prompt_template)
-        q_encoder.query_template = prompt_template = prompt["template"]
-        d_encoder = TextEncoder(doc_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
-        config = era_config(q_encoder, d_encoder, adapter_type=args.adapter, prompt_template=prompt_template,
+        if (args.query_encoder is None and stored_queries is None) or \
+                (args.doc_encoder is None and args.doc_vectors is None):
+            raise ValueError("--mode adapt needs the query side (--query-encoder or --query-vectors) and the doc side "
+                             "(--doc-encoder or --doc-vectors).")
+        if stored_queries is not None:
+            q_side = stored_queries
+            prompt = {"template": BARE_QUERY_TEMPLATE, "chosen_by": "stored query vectors: embedded by whoever "
+                                                                    "stored them"}
+        else:
+            q_encoder = TextEncoder(args.query_encoder, **encoder)
+            prompt = choose_prompt_template(q_encoder, args.prompt_template)
+            q_encoder.query_template = prompt["template"]
+            q_side = EncoderSide(q_encoder)
+        d_side = doc_side_from(args, lambda: TextEncoder(args.doc_encoder, **encoder))
+        config = era_config(q_side, d_side, adapter_type=args.adapter, prompt_template=prompt["template"],
                             default_instruction=args.default_instruction, adapter_rank=args.adapter_rank,
                             adapter_hidden_dim=args.adapter_hidden_dim)  # fusion: gate 0, i.e. starts as D(q)
         torch.manual_seed(seed)  # the seeded random init when the dims differ
@@ -259,14 +277,14 @@ def _starting_adapter(args: AdaptArguments, seed: int) -> tuple[EraAdapter, Text
         start = {"init": "identity" if config.query_dim == config.doc_dim else f"random (torch seed {seed})",
                  "prompt": prompt}
         if args.adapter == "fusion":
-            q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
+            q_side = adapter_query_side(config, stored_queries=stored_queries, doc_side=d_side, **encoder)
             start["init"] = f"fusion: light branch identity, gate 0, Q branch random (torch seed {seed})"
-    if d_encoder.dim != model.config.doc_dim or q_encoder.dim != adapter_input_dim(model.config):
+    if d_side.dim != model.config.doc_dim or q_side.dim != adapter_input_dim(model.config):
         raise ValueError(
             f"the adapter maps {adapter_input_dim(model.config)}->{model.config.doc_dim} but the encoders give "
-            f"{q_encoder.dim} and {d_encoder.dim} dims."
+            f"{q_side.dim} and {d_side.dim} dims."
         )
-    return model, q_encoder, d_encoder, start
+    return model, q_side, d_side, start
 
 
 def _summary(mode: str, config: EraConfig, settings: AdaptSettings, data: AdaptData, result: LoopResult,
@@ -305,19 +323,22 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
     settings = (settings or AdaptSettings()).for_mode(args.mode)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(settings.seed)
-    model, q_encoder, d_encoder, start = _starting_adapter(args, settings.seed)
+    model, q_side, d_side, start = _starting_adapter(args, settings.seed)
     if args.lora and model.config.adapter_type == "fusion":
         raise ValueError("--lora is not supported with a fusion adapter (two query backbones); drop --lora.")
+    if args.lora and q_side.kind != "model":
+        raise ValueError("--lora trains the query encoder's backbone: it needs --query-encoder, not stored vectors.")
     init_metadata = dict(model.config.training_metadata)
     align_seed = int(init_metadata.get("seeds", {}).get("sample", settings.seed)) if args.mode == "both" else settings.seed
     adapt_data = load_adapt_data(
         load_tasks(args.data, args.tasks), label_budget=args.label_budget, split_seed=args.split_seed,
-        query_encoder=q_encoder, doc_encoder=d_encoder, max_docs=args.max_docs, cache_dir=args.cache_dir,
+        query_encoder=q_side, doc_encoder=d_side, max_docs=args.max_docs, cache_dir=args.cache_dir,
         accelerator=accelerator, align_texts=settings.align_texts if settings.align_weight > 0 else 0,
         align_seed=align_seed,
     )
     lora_config = None
     if args.lora:
+        q_encoder = q_side.encoder
         lora_config = default_lora_config(q_encoder, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
         trained = build_lora_model(model, q_encoder, lora_config, settings.seed).to(accelerator.device)
         queries = LoraQueries(adapt_data, accelerator.device, q_encoder.max_length, q_encoder.do_lower_case,
@@ -338,6 +359,7 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
         "seeds": {"split": args.split_seed, "train": settings.seed, "alignment_sample": align_seed},
         "max_docs": args.max_docs,
         "arguments": args.to_dict(),
+        "sides": {"query": q_side.record(), "doc": d_side.record()},
         "split": {
             view.name: {
                 "protocol": view.split.protocol,

@@ -5,6 +5,7 @@ vectors, and optionally the unlabeled texts of the alignment regulariser. Test q
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -14,11 +15,10 @@ from accelerate import Accelerator
 from torch import nn
 
 from era_adapters.align import sample_texts
-from era_adapters.cache import embed_documents, embed_texts
 from era_adapters.data import Task, cap_corpus
-from era_adapters.encoders import TextEncoder
 from era_adapters.metrics import per_query_metrics_ranked
 from era_adapters.search import rank_for_queries
+from era_adapters.sides import as_side
 from era_adapters.splits import DEFAULT_BUDGETS, TaskSplit, make_split
 
 VALIDATION_METRIC = "ndcg@10"
@@ -72,37 +72,43 @@ def load_adapt_data(
     *,
     label_budget: float,
     split_seed: int,
-    query_encoder: TextEncoder,
-    doc_encoder: TextEncoder,
+    query_encoder: Any,
+    doc_encoder: Any,
     max_docs: int | None,
     cache_dir: str | os.PathLike | None,
     accelerator: Accelerator | None,
     align_texts: int = 0,
     align_seed: int = 0,
 ) -> AdaptData:
-    """Split, cap and embed (through the cache) what stage 2 needs; test queries stay untouched."""
+    """Split, cap and embed (through the cache, or read from stored vectors) what stage 2 needs; test
+    queries stay untouched. `query_encoder` / `doc_encoder`: a `TextEncoder` or a side
+    (`era_adapters.sides`): the query side gives the adapter's input, the doc side the corpus."""
+    query_side, doc_side = as_side(query_encoder), as_side(doc_encoder)
     budgets = sorted(set(DEFAULT_BUDGETS) | {float(label_budget)})
     embed = {"cache_dir": cache_dir, "accelerator": accelerator}
-    doc_blocks, views, capped_tasks = [], [], []
+    doc_blocks, views = [], []
     train_queries, train_prompts, train_qids, train_task, positives, grades, own = [], [], [], [], [], [], []
     offset = 0
-    for index, task in enumerate(tasks):
-        split = make_split(task, seed=split_seed, budgets=budgets)  # the evaluation's split
-        capped = cap_corpus(task, max_docs, seed=split_seed)  # the evaluation's cap
-        capped_tasks.append(capped)
+    splits = [make_split(task, seed=split_seed, budgets=budgets) for task in tasks]  # the evaluation's split
+    capped_tasks = [cap_corpus(task, max_docs, seed=split_seed) for task in tasks]  # the evaluation's cap
+    capped_tasks = doc_side.prepare(query_side.prepare(capped_tasks))  # stored vectors checked against them
+    for index, (task, split, capped) in enumerate(zip(tasks, splits, capped_tasks)):
         train_ids, val_ids = split.train(label_budget), split.val(label_budget)
         overlap = (set(train_ids) | set(val_ids)) & set(split.test_qids)
         if overlap:  # make_split guarantees this; a silent leak would void every number
             raise AssertionError(f"task {task.name}: test queries {sorted(overlap)[:3]} in the training split")
         by_id = {query.qid: query for query in task.queries}
         row_of = {doc_id: row for row, doc_id in enumerate(capped.doc_ids)}
-        doc_blocks.append(embed_documents(doc_encoder, capped.doc_texts, **embed))
-        train = [by_id[qid] for qid in train_ids]
+        doc_blocks.append(doc_side.documents(capped, **embed))
+        train = [by_id[qid] for qid in train_ids if _has_positive_in(by_id[qid], row_of)]
+        if len(train) < len(train_ids):  # only when documents without a stored vector were left out
+            warnings.warn(f"task {task.name}: {len(train_ids) - len(train)} training queries have no relevant document "
+                          "left in the corpus and are not used.", stacklevel=2)
         val = [by_id[qid] for qid in val_ids]
-        prompts = [query_encoder.format_query(q.query, q.instruction) for q in train + val]
-        vectors = embed_texts(query_encoder, prompts, **embed)
+        prompts = [query_side.format_query(q.query, q.instruction) for q in train + val]
+        vectors = query_side.queries(capped, train + val, **embed)
         for query in train:
-            labels = [(row_of[doc_id], grade) for doc_id, grade in query.labels.items() if grade > 0]
+            labels = [(row_of[doc_id], grade) for doc_id, grade in query.labels.items() if grade > 0 and doc_id in row_of]
             positives.append([offset + row for row, _ in labels])
             grades.append([grade for _, grade in labels])
             identical = row_of.get(query.qid) if capped.ignore_identical_ids else None
@@ -132,11 +138,15 @@ def load_adapt_data(
     if not len(data.train_qids):
         raise ValueError(f"label budget {label_budget} gives no training queries; raise --label-budget.")
     if align_texts > 0:
-        sample = sample_texts(capped_tasks, align_texts, align_seed, query_encoder)  # stage 1's: cache hits
-        data.align_queries = embed_texts(query_encoder, sample.query_side, **embed)
-        data.align_targets = embed_texts(doc_encoder, sample.doc_side, **embed)
+        sample = sample_texts(capped_tasks, align_texts, align_seed, query_side)  # stage 1's: cache hits
+        data.align_queries = query_side.texts(sample.query_side, sample.keys, **embed)
+        data.align_targets = doc_side.texts(sample.doc_side, sample.keys, **embed)
         data.align_texts = list(sample.query_side)
     return data
+
+
+def _has_positive_in(query: Any, row_of: dict[str, int]) -> bool:
+    return any(grade > 0 and doc_id in row_of for doc_id, grade in query.labels.items())
 
 
 def task_ndcg(view: TaskView, doc_vectors: np.ndarray, adapted: np.ndarray) -> float:
