@@ -53,7 +53,8 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
     datasets = sorted(metadata.get("tasks", []))
     card_data = ModelCardData(
         library_name="transformers",
-        base_model=_hub_id(config.query_encoder),  # the Hub rejects cards whose base_model is a local path
+        # The Hub rejects cards whose base_model is a local path (or a name of an API model, not a repo).
+        base_model=_hub_id(config.query_encoder) if getattr(config, "query_encoder_kind", "model") == "model" else None,
         tags=["era", "retrieval", "embedding-adapter", "sentence-similarity", f"doc-encoder:{config.doc_encoder}"],
         datasets=datasets or None,
         pipeline_tag="feature-extraction",
@@ -89,6 +90,11 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
         fusion_dim=config.fusion_dim,
         fusion_pooling=config.fusion_pooling,
         evaluation_scope=_evaluation_scope(metadata.get("evaluation_settings", {})),
+        search_scope=_search_scope(metadata.get("evaluation_settings", {})),
+        skipped=metadata.get("evaluation_settings", {}).get("skipped", {}),
+        external_doc=getattr(config, "doc_encoder_kind", "model") == "external",
+        external_query=getattr(config, "query_encoder_kind", "model") == "external",
+        doc_vectors_fingerprint=getattr(config, "doc_vectors_fingerprint", None),
         **{key: getattr(config, key) for key in (
             "query_encoder", "doc_encoder", "query_dim", "doc_dim", "adapter_type", "pooling", "similarity",
             "normalize_output", "prompt_template", "default_instruction")},
@@ -102,6 +108,12 @@ def _evaluation_scope(settings: dict[str, Any]) -> str:
     if settings.get("max_queries"):
         scope += f", at most {settings['max_queries']} sampled test queries per task"
     return scope
+
+
+def _search_scope(settings: dict[str, Any]) -> str:
+    if settings.get("index"):
+        return f"searched through the vector database {settings['index']} (its own search)"
+    return "exact inner-product search"
 
 
 def _hub_id(name: str | None) -> str | None:

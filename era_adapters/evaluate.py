@@ -113,8 +113,8 @@ def build_system(spec: str, encoders: Encoders, args: Any, stored_doc: Any = Non
         query_side, doc_side = {"doc2doc": (doc_space, doc_space), "query2query": (query_space, query_space),
                                 "query2doc": (query_space, doc_space)}[spec]
         try:
-            query_side.require("query", f"{spec} (it embeds the test queries with {query_side.name})")
-            doc_side.require("doc", f"{spec} (it searches {doc_side.name}'s document vectors)")
+            query_side.require("query", spec)
+            doc_side.require("doc", spec)
         except VectorSourceError as why:
             raise SkippedSystem(str(why)) from why
         info = {"kind": "baseline", "query_encoder": query_side.name, "doc_encoder": doc_side.name,

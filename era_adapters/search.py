@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 __all__ = ["exact_search", "exact_search_chunks", "build_ann_index", "ann_search", "recall_against_exact", "drop_identical_ids",
-           "rank_for_queries"]
+           "rank_for_queries", "release_pages"]
 
 _IP = faiss.METRIC_INNER_PRODUCT
 # Largest (rows x chunk) block of full scores used to settle ties at the k-th place (~48 MB).
@@ -108,7 +108,7 @@ def exact_search(
         for start in range(0, docs.shape[0], int(chunk_size)):
             view = docs[start : start + int(chunk_size)]
             yield view
-            _release_pages(view)
+            release_pages(view)
 
     return exact_search_chunks(queries, chunks(), k, docs.shape[1])
 
@@ -166,7 +166,7 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 _MADV_DONTNEED = 4
 
 
-def _release_pages(view: np.ndarray) -> None:
+def release_pages(view: np.ndarray) -> None:
     """Best effort: unmap the full pages of a searched chunk of a shared, file-backed memmap.
 
     Only shared mappings are touched (their pages live in the page cache, so a later access just

@@ -24,6 +24,8 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from era_adapters.cache import embed_documents, embed_queries, embed_texts
 from era_adapters.data import Query, Task
@@ -141,9 +143,8 @@ class StoredSide:
         if kind == "query" and self.queries_source is None:
             flag = "--doc-query-vectors" if side == "doc" else "--query-vectors"
             raise VectorSourceError(
-                f"{purpose} needs {self.name}'s vectors of the queries, and the {side} encoder cannot be run (its "
-                f"documents come from stored vectors): pass {flag} SOURCE (the queries embedded by {self.name}, "
-                "keyed by query id).")
+                f"{purpose} needs the queries' vectors from the {side} encoder, which is not run (its documents are "
+                f"stored vectors): pass {flag} SOURCE (the queries embedded by {self.name}, keyed by query id).")
         if kind == "doc" and self.documents_source is None:
             flag = "--doc-vectors" if side == "doc" else "--query-doc-vectors"
             raise VectorSourceError(f"{purpose} needs {self.name}'s vectors of the documents: pass {flag} SOURCE.")
@@ -155,15 +156,16 @@ class StoredSide:
         if self.documents_source is None:
             return list(tasks)
         source = self._source("doc", "checking the corpora")
-        seen: set[str] = set()
+        corpora = [pa.array(task.doc_ids, pa.string()) for task in tasks]
+        every = pa.chunked_array(corpora, pa.string())
+        if len(tasks) > 1 and pc.count_distinct(every).as_py() < len(every):
+            counts = pc.value_counts(every)
+            repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).slice(0, 3)
+            raise VectorSourceError(f"the tasks share doc ids (e.g. {repeated.to_pylist()}) while {source.what} is one "
+                                    "source keyed by id: run one task at a time.")
         prepared = []
-        for task in tasks:
-            repeated = seen.intersection(task.doc_ids)
-            if repeated:
-                raise VectorSourceError(f"task {task.name} shares doc ids with another task (e.g. {sorted(repeated)[:3]}) "
-                                        f"while {source.what} is one source keyed by id: run one task at a time.")
-            seen.update(task.doc_ids)
-            join = source.join(task.doc_ids, where=f"task {task.name}")
+        for task, corpus in zip(tasks, corpora):
+            join = source.join(corpus, where=f"task {task.name}")
             has_vector = join.pop("has_vector")
             if join["missing"] and self.missing != "skip":
                 raise VectorSourceError(
@@ -177,7 +179,7 @@ class StoredSide:
             join["text_mismatches"] = self._compare_texts(source, task)
             self.report[task.name] = join
             prepared.append(task)
-        unused = source.join(list(seen), where="the tasks' corpora")["unused"]
+        unused = join["unused"] if len(tasks) == 1 else source.join(every, where="the tasks' corpora")["unused"]
         if unused:
             logger.warning("%s: %d of %d vectors have no document in the tasks' corpora; they are not used.",
                            source.spec, unused, source.num_rows)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from era_adapters.readers import DataError
+from era_adapters.search import release_pages
 
 ID_COLUMNS = ("id", "_id", "doc_id", "docid", "corpus_id", "qid", "query_id")
 VECTOR_COLUMNS = ("vector", "embedding", "embeddings", "emb", "vectors")
@@ -144,7 +145,8 @@ class ParquetStore(_ColumnStore):
         import pyarrow.parquet as pq
 
         self.where = where
-        self.files = [pq.ParquetFile(path) for path in files]
+        # pre_buffer would keep every column chunk it read; a 1 MiB read buffer bounds what a batch holds.
+        self.files = [pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20) for path in files]
         schema = self.files[0].schema_arrow
         for path, file in zip(files, self.files):
             if file.schema_arrow != schema:
@@ -158,7 +160,9 @@ class ParquetStore(_ColumnStore):
 
     def _scan(self, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         for file in self.files:
-            yield from file.iter_batches(batch_size=batch_rows, columns=columns)
+            for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
+                yield batch
+                pa.default_memory_pool().release_unused()  # decoded pages go back to the OS, not to a cache
 
     def ids(self) -> pa.Array:
         return pa.concat_arrays([_as_strings(batch.column(0)) for batch in self._scan([self.id_column], 1 << 16)]
@@ -176,7 +180,7 @@ class ParquetStore(_ColumnStore):
                 size = file.metadata.row_group(group).num_rows
                 local = rows[(rows >= start) & (rows < start + size)] - start
                 offset = 0
-                for batch in file.iter_batches(batch_size=1 << 16, row_groups=[group], columns=[column]):
+                for batch in file.iter_batches(batch_size=1 << 14, row_groups=[group], columns=[column]):
                     inside = local[(local >= offset) & (local < offset + batch.num_rows)] - offset
                     if len(inside):
                         picked.append(batch.column(0).take(pa.array(inside)))
@@ -249,11 +253,15 @@ def open_datasets(spec: str, split: str | None, config: str | None) -> pa.Table:
 
 
 class MatrixStore(Store):
-    """A memory-mapped 2-D float matrix and its ids (one a line in a .txt file, or a JSON list)."""
+    """A memory-mapped 2-D float matrix and its ids (one a line in a .txt file, or a JSON list). Scans
+    go through the memory map (pages handed back chunk by chunk); rows looked up are read from the file:
+    touching scattered rows of a map would map whole page-cache folios around each (MiBs per row)."""
 
     def __init__(self, matrix: np.ndarray, ids_file: Path, where: str) -> None:
         if matrix.ndim != 2 or matrix.dtype.kind != "f":
             raise VectorSourceError(f"{where}: expected a 2-D float matrix, got {matrix.dtype} {matrix.shape}.")
+        if not matrix.flags.c_contiguous:
+            raise VectorSourceError(f"{where}: a Fortran-ordered matrix; save it in C order (np.ascontiguousarray).")
         self.matrix, self.where = matrix, where
         self.num_rows, self.dim = matrix.shape
         self._ids = read_ids_file(ids_file)
@@ -266,10 +274,24 @@ class MatrixStore(Store):
 
     def batches(self, batch_rows: int) -> Iterator[np.ndarray]:
         for start in range(0, self.num_rows, batch_rows):
-            yield np.asarray(self.matrix[start:start + batch_rows], dtype=np.float32)
+            view = self.matrix[start:start + batch_rows]
+            yield np.asarray(view, dtype=np.float32)
+            release_pages(view)  # a scanned chunk of a memory map leaves this process's RSS
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.matrix[rows], dtype=np.float32)
+        if not isinstance(self.matrix, np.memmap):  # already in memory
+            return np.asarray(self.matrix[rows], dtype=np.float32)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        row_bytes = self.dim * self.matrix.dtype.itemsize
+        runs = np.flatnonzero(np.diff(rows) != 1) + 1  # consecutive rows are read in one go
+        with open(self.matrix.filename, "rb", buffering=0) as handle:
+            for first, last in zip(np.concatenate([[0], runs]), np.concatenate([runs, [len(rows)]])):
+                for start in range(first, last, 1 << 14):
+                    stop = min(last, start + (1 << 14))
+                    handle.seek(self.matrix.offset + int(rows[start]) * row_bytes)
+                    block = np.frombuffer(handle.read((stop - start) * row_bytes), dtype=self.matrix.dtype)
+                    out[start:stop] = block.reshape(stop - start, self.dim)
+        return out
 
 
 def read_ids_file(path: Path) -> pa.Array:
@@ -278,8 +300,10 @@ def read_ids_file(path: Path) -> pa.Array:
                                 "or a .json list), or put it beside the vectors as <name>.ids.txt.")
     if path.suffix == ".json":
         return pa.array([str(value) for value in json.loads(path.read_text(encoding="utf-8"))], pa.string())
-    lines = path.read_text(encoding="utf-8").split("\n")
-    return pa.array(lines[:-1] if lines and lines[-1] == "" else lines, pa.string())
+    # Split in Arrow: a million ids as Python strings would stay in this process's heap afterwards.
+    text = path.read_text(encoding="utf-8").removesuffix("\n")
+    return pc.split_pattern(pa.array([text], pa.large_string()), "\n").flatten().cast(pa.string()) if text else \
+        pa.array([], pa.string())
 
 
 def open_safetensors(path: Path, tensor: str | None) -> np.ndarray:
@@ -379,28 +403,31 @@ class LanceStore(_ColumnStore):
             raise VectorSourceError(f"{self.where}: no such table ({error}).") from error
         schema = self.table.schema
         self._pick_columns(schema, id_column, vector_column, text_column)
+        self._ids: pa.Array | None = None
         self.num_rows = self.table.count_rows()
         kind = schema.field(self.vector_column).type
         self.dim = kind.list_size if pa.types.is_fixed_size_list(kind) else len(self._take([0], [self.vector_column])
                                                                                   .column(0)[0])
 
-    def _scan(self, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-        yield from self.table.search().select(columns).to_batches(batch_rows)
-
     def _take(self, rows, columns: list[str]) -> pa.Table:
-        taken = self.table.take_offsets([int(row) for row in rows]).select(columns).to_arrow()
-        if taken.num_rows != len(rows):
-            raise VectorSourceError(f"{self.where}: asked for {len(rows)} rows, got {taken.num_rows}; was the table "
+        """These (sorted) row offsets, in order, with the id column checked against the scan's ids."""
+        taken = self.table.take_offsets([int(row) for row in rows]).select([self.id_column, *columns]).to_arrow()
+        if taken.num_rows != len(rows) or (self._ids is not None and not taken.column(0).cast(pa.string()).equals(
+                pa.chunked_array([self._ids.take(pa.array(rows))]))):
+            raise VectorSourceError(f"{self.where}: rows read by offset do not match the scanned ids; was the table "
                                     "changed while it was read?")
-        return taken
+        return taken.drop_columns([self.id_column])
 
     def ids(self) -> pa.Array:
-        return pa.concat_arrays([_as_strings(batch.column(0)) for batch in self._scan([self.id_column], 1 << 16)]
-                                or [pa.array([], pa.string())])
+        batches = self.table.search().select([self.id_column]).to_batches(1 << 16)
+        self._ids = pa.concat_arrays([_as_strings(batch.column(0)) for batch in batches] or [pa.array([], pa.string())])
+        return self._ids
 
     def batches(self, batch_rows: int) -> Iterator[np.ndarray]:
-        for batch in self._scan([self.vector_column], batch_rows):
-            yield vectors_from_arrow(batch.column(0), self.dim, self.where)
+        # Windows of offsets rather than a scan: LanceDB's scan reads far ahead (~0.8 GB for 1M x 384).
+        for start in range(0, self.num_rows, batch_rows):
+            window = np.arange(start, min(self.num_rows, start + batch_rows))
+            yield vectors_from_arrow(self._take(window, [self.vector_column]).column(0), self.dim, self.where)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
@@ -423,7 +450,7 @@ class LanceStore(_ColumnStore):
                 search = search.nprobes(params["nprobes"])
             if "refine_factor" in params:
                 search = search.refine_factor(params["refine_factor"])
-            found = search.select([self.id_column]).to_arrow()
+            found = search.select([self.id_column, "_distance"]).to_arrow()
             # LanceDB's "dot" distance is 1 - q·d: turn it back into the inner product.
             all_scores[row, :found.num_rows] = 1.0 - found["_distance"].to_numpy()
             all_ids.append(_as_strings(found[self.id_column]).to_pylist())

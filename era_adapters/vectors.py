@@ -43,7 +43,7 @@ __all__ = ["NORM_TOLERANCE", "SourceCheck", "VectorSource", "VectorSourceError",
 logger = logging.getLogger(__name__)
 NORM_TOLERANCE = 1e-3  # |‖v‖ − 1| above this: not unit-normalised (float32 rounding stays far below)
 FINGERPRINT_ROWS = 32
-BATCH_ROWS = 1 << 16
+BATCH_ROWS = 1 << 14  # vectors per chunk: 24 MiB at 384-d float32
 _PARAMETERS = {"id", "vector", "text", "ids", "tensor", "split", "config", "table"}
 _EXAMPLES = 3
 _SUFFIXES = (".npy", ".safetensors", ".faiss", ".index", ".parquet", ".arrow", ".feather")
@@ -209,10 +209,12 @@ class VectorSource:
         low, high, start = np.inf, -np.inf, 0
         bad_rows: list[int] = []
         for chunk in self.batches():
-            finite = np.isfinite(chunk).all(axis=1)
+            # Squared norms in float64 without copying the chunk; a NaN or inf anywhere makes them non-finite.
+            squared = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64)
+            finite = np.isfinite(squared)
             bad_rows += (np.flatnonzero(~finite)[:_EXAMPLES] + start).tolist()
             report.non_finite_rows += int((~finite).sum())
-            norms = np.linalg.norm(chunk[finite].astype(np.float64), axis=1)
+            norms = np.sqrt(squared[finite])
             report.unnormalized_rows += int((np.abs(norms - 1.0) > NORM_TOLERANCE).sum())
             report.zero_rows += int((norms == 0).sum())
             if len(norms):
@@ -251,10 +253,12 @@ class VectorSource:
     def normalized(self) -> bool:
         return self.check().normalized
 
-    def join(self, ids: Sequence[str], *, where: str) -> dict[str, Any]:
+    def join(self, ids: Sequence[str] | pa.Array | pa.ChunkedArray, *, where: str) -> dict[str, Any]:
         """Compare the source's ids with a corpus' (`where` names it): counts and examples of corpus ids
         without a vector (`missing`) and of vectors whose id is not in the corpus (`unused`)."""
-        corpus = pa.array(list(ids), pa.string())
+        corpus = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(ids), pa.string())
+        if isinstance(corpus, pa.ChunkedArray):
+            corpus = corpus.combine_chunks()
         has_vector = pc.is_in(corpus, value_set=self.ids)
         used = pc.is_in(self.ids, value_set=corpus)
         missing = pc.filter(corpus, pc.invert(has_vector))

@@ -244,3 +244,76 @@ def test_command_line_names_the_missing_pieces(tiny, tmp_path, capsys):
         assert re.search(message, capsys.readouterr().err)
     assert align_main(base + ["--doc-vectors", str(tmp_path / "nothing.parquet"), "--doc-encoder-name", "x"]) == 2
     assert "nothing.parquet" in capsys.readouterr().err
+
+
+def test_an_api_query_encoder_trains_from_its_stored_vectors(tiny, tmp_path):
+    """Q's vectors stored by id (as an API returns them) train the adapter that running Q trains."""
+    q_encoder = encoders_module.TextEncoder(tiny.query_encoder)
+    qids = [q.qid for q in tiny.task.queries]
+    q_docs = write_parquet(tmp_path / "q-docs.parquet", tiny.task.doc_ids, q_encoder.encode(list(tiny.task.doc_texts)))
+    q_queries = write_parquet(tmp_path / "q-queries.parquet", qids, q_encoder.encode([q.query for q in tiny.task.queries]))
+    stored_q = {"query_doc_vectors": q_docs, "query_vectors": q_queries, "query_encoder_name": "api-query-1"}
+    common = {"doc_vectors": tiny.docs, "cache_dir": tiny.cache, "label_budget": 0.4, **FAST}
+    adapt(tiny.data, mode="both", init=tiny.root / "align", output=tmp_path / "run", **common)
+    align(tiny.data, doc_vectors=tiny.docs, doc_encoder_name="api-embed-1", output=tmp_path / "align",
+          num_texts=40, cache_dir=tiny.cache, **stored_q)
+    adapt(tiny.data, mode="both", init=tmp_path / "align", output=tmp_path / "stored", **common, **stored_q)
+    for stage, reference in (("align", tiny.root / "align"), ("stored", tmp_path / "run")):
+        mine, theirs = weights(tmp_path / stage), weights(reference)
+        for key in theirs:
+            np.testing.assert_allclose(mine[key].numpy(), theirs[key].numpy(), atol=1e-5, rtol=0)
+    config = json.loads((tmp_path / "stored" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_era.EraAdapter"  # takes the API's vectors
+    assert (config["query_encoder"], config["query_encoder_kind"]) == ("api-query-1", "external")
+    report = evaluate(tiny.data, ["query2query", tmp_path / "stored"], query_vectors=q_queries,
+                      query_doc_vectors=q_docs, doc_vectors=tiny.docs, cache_dir=tiny.cache)
+    reference = evaluate(tiny.data, ["query2query", tmp_path / "run"], query_encoder=tiny.query_encoder,
+                         doc_vectors=tiny.docs, cache_dir=tiny.cache)
+    for mine, theirs in (("query2query", "query2query"), ("stored", "run")):
+        np.testing.assert_allclose(report["results"][mine]["macro"]["ndcg@10"],
+                                   reference["results"][theirs]["macro"]["ndcg@10"], atol=1e-5)
+    with pytest.raises(ValueError, match="pass --query-vectors"):
+        evaluate(tiny.data, [tmp_path / "stored"], doc_vectors=tiny.docs, cache_dir=tiny.cache)
+
+
+def test_fusion_reads_the_index_query_vectors(tiny, tmp_path):
+    from modeling_era import EraQueryEncoder
+
+    queries = write_parquet(tmp_path / "d-queries.parquet", [q.qid for q in tiny.task.queries], unit_vectors(20, 16, 4))
+    stored = {"doc_vectors": tiny.docs, "doc_query_vectors": queries, "cache_dir": tiny.cache}
+    align(tiny.data, query_encoder=tiny.query_encoder, doc_encoder_name="api-embed-1", adapter="fusion",
+          output=tmp_path / "align", num_texts=40, **stored)
+    adapt(tiny.data, mode="both", init=tmp_path / "align", output=tmp_path / "fusion", label_budget=0.4, **stored,
+          **FAST)
+    report = evaluate(tiny.data, ["doc2doc", tmp_path / "fusion"], query_encoder=tiny.query_encoder, **stored)
+    assert set(report["results"]) == {"doc2doc", "fusion"}
+    with pytest.raises(VectorSourceError, match="fusion adapter .*--doc-query-vectors"):
+        evaluate(tiny.data, [tmp_path / "fusion"], query_encoder=tiny.query_encoder, doc_vectors=tiny.docs,
+                 cache_dir=tiny.cache)
+    served = EraQueryEncoder.from_pretrained(tmp_path / "fusion")  # the light encoder is external: not loaded
+    texts = [q.query for q in tiny.task.queries[:3]]
+    with pytest.raises(RuntimeError, match="pass light_query_embeddings"):
+        served.encode_queries(texts)
+    from era_adapters.evaluate import Encoders, build_system
+    from era_adapters.evaluate import EvaluateArguments
+    from era_adapters.sides import doc_side_from
+
+    args = EvaluateArguments(data=str(tiny.data), systems=[str(tmp_path / "fusion")], output=None, **stored)
+    system = build_system(str(tmp_path / "fusion"), Encoders(tiny.cache, 8), args, doc_side_from(args))
+    light = system.query_side.parts[1].queries(tiny.task, tiny.task.queries[:3])
+    np.testing.assert_allclose(served.encode_queries(texts, light_query_embeddings=light).numpy(),
+                               system.embed_queries(tiny.task, tiny.task.queries[:3], cache_dir=tiny.cache), atol=1e-5)
+
+
+def test_the_card_says_what_the_adapter_needs_and_what_was_not_scored(tiny, tmp_path):
+    import shutil
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(tiny.root / "align", folder)
+    evaluate(tiny.data, ["doc2doc", folder], query_encoder=tiny.query_encoder, doc_vectors=tiny.docs,
+             cache_dir=tiny.cache, record=True)
+    card = (folder / "README.md").read_text()
+    config = EraConfig.from_pretrained(folder)
+    assert f"fingerprint `{config.doc_vectors_fingerprint}`" in card
+    assert 'check_doc_encoder(VectorSource("lancedb://' in card
+    assert "doc2doc was not scored:" in card and "--doc-query-vectors" in card
