@@ -11,7 +11,9 @@ What it does (docs/method.md, "Stage 2 in detail"):
   uses): the training part at `--label-budget` gives the pairs, its validation part drives early
   stopping on nDCG@10, the test part is never read (`era_adapters.supervision`).
 * Training runs on cached pooled Q vectors and cached D vectors of the (capped) corpus, so an epoch
-  costs only adapter math (with `--lora` the backbone runs too: `era_adapters.lora`).
+  costs only adapter math (with `--lora` the backbone runs too: `era_adapters.lora`). With
+  `--doc-vectors` the D vectors are the index's stored ones, checked against the adapter's fingerprint
+  (docs/stored_vectors.md).
 * Loss: InfoNCE (`era_adapters.losses.contrastive_loss`) over every (query, positive) pair against the
   query's mined hard negatives (`era_adapters.mining`, re-mined every `--remine-every` epochs) and the
   in-batch negatives; for `both`, plus the alignment loss on stage 1's unlabeled texts

@@ -5,7 +5,9 @@
 
 Samples texts per task (corpus documents; optionally the non-test queries too), embeds them with both
 encoders through the embedding cache (only the sampled texts go through Q), fits the adapter and
-saves an EraQueryEncoder with its config, metrics and model card.
+saves an EraQueryEncoder with its config, metrics and model card. With `--doc-vectors SOURCE
+--doc-encoder-name NAME` (an index built with an embedding API) D(t) is read from the stored vectors
+by id instead, and the doc encoder never runs (docs/stored_vectors.md).
 
 `linear` is closed-form ridge regression with bias: the sums XᵀX and XᵀY are accumulated in float64
 (all-reduced across processes under Accelerate), the ridge strength is chosen on a held-out slice.

@@ -8,7 +8,9 @@ A system is `doc2doc` (the doc encoder on both sides: what the index serves toda
 doc index with no adapter: a sanity check, near zero), or the path / Hub id of a saved ERA adapter.
 Every system is scored on the test part of the seeded split (docs/protocol.md) with exact inner-product
 search over the whole (optionally capped) corpus. Writes results.json, results.md, TREC runs and a
-plot to OUT_DIR (`era_adapters.reports`).
+plot to OUT_DIR (`era_adapters.reports`). With stored vectors (docs/stored_vectors.md) a system's
+sides are read by id, and `--index` searches through the user's vector database. (Longer than most
+modules: systems, settings, the search and the report belong to one command.)
 """
 from __future__ import annotations
 
@@ -278,7 +280,11 @@ class EvaluateArguments(VectorArguments, DataArguments):
         if self.record and self.all_queries:
             raise ValueError("--record stores test metrics in adapter cards; --all-queries scores training queries "
                              "too. Drop one of them.")
+        if self.query_encoder is not None and (self.query_vectors or self.query_doc_vectors):
+            raise ValueError("give --query-encoder (a model ERA runs) or --query-vectors (stored vectors), not both.")
         if self.index is not None:
+            if self.doc_encoder is not None:
+                raise ValueError("--index reads the documents' vectors from the database; drop --doc-encoder.")
             if self.ann is not None:
                 raise ValueError("--index searches through the database's own index; drop --ann.")
             if self.max_docs is not None:

@@ -4,14 +4,15 @@ reads a whole matrix: Arrow files and `.npy` / `.safetensors` matrices are memor
 decoded in batches, faiss reconstructs the rows asked for, LanceDB scans and takes.
 
 `era_adapters.vectors.VectorSource` opens a store from a spec string and adds what every format
-shares (lookup by id, validation, fingerprint); use that, not these classes.
+shares (lookup by id, validation, fingerprint); use that, not these classes. (Longer than most
+modules: one small class per format, each with the memory rules its format needs.)
 """
 from __future__ import annotations
 
 import json
 import struct
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
