@@ -317,3 +317,10 @@ def test_the_card_says_what_the_adapter_needs_and_what_was_not_scored(tiny, tmp_
     assert f"fingerprint `{config.doc_vectors_fingerprint}`" in card
     assert 'check_doc_encoder(VectorSource("lancedb://' in card
     assert "doc2doc was not scored:" in card and "--doc-query-vectors" in card
+
+
+def test_export_refuses_an_adapter_whose_doc_encoder_cannot_run(tiny, tmp_path):
+    from era_adapters.export import export_sentence_transformer
+
+    with pytest.raises(ValueError, match="stored vectors of an external doc encoder \\(api-embed-1\\)"):
+        export_sentence_transformer(tiny.root / "align", tmp_path / "st")
