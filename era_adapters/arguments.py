@@ -110,7 +110,9 @@ class VectorArguments(Settings):
     .safetensors matrix (ids in NAME.ids.txt or '?ids=FILE'), or a faiss index with an id map."""
 
     doc_vectors: str | None = option(None, help="the index's document vectors, keyed by doc id, instead of running "
-                                                "--doc-encoder (SOURCE, see above)")
+                                                "--doc-encoder: lancedb://PATH?table=T, Parquet/Arrow files or a "
+                                                "datasets folder / Hub id, .npy or .safetensors (+ NAME.ids.txt), a "
+                                                "faiss index (docs/stored_vectors.md)")
     doc_encoder_name: str | None = option(None, help="name of the encoder that made --doc-vectors, recorded as given "
                                                      "(free text, e.g. text-embedding-3-small)")
     doc_query_vectors: str | None = option(None, help="the queries embedded by that same doc encoder, keyed by query id "
