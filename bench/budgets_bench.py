@@ -1,10 +1,12 @@
-"""The experiment of issue 6: ERA (`both`) against its baselines at label budgets 5%, 10%, 20%, 40%.
+"""The budgets experiment: ERA (`both`) against its baselines at label budgets 5%, 10%, 20%, 40%, and the
+distilled adapters (zero labels, and with labels).
 
     python bench/budgets_bench.py [--data DATA] [--tasks restbench_spotify gorilla_torchhub] \
         [--query-encoder sentence-transformers/all-mpnet-base-v2] \
         [--doc-encoder sentence-transformers/all-MiniLM-L6-v2] [--budgets 0.05 0.1 0.2 0.4] \
         [--max-docs 2000] [--max-queries 200] [--prompt-templates "{query}" "{instruction} {query}"] \
-        [--no-symmetric] [--no-fusion] [--adapt-arg lr=0.001 ...] [--output bench/results/budgets]
+        [--no-symmetric] [--no-fusion] [--no-distill] [--adapt-arg lr=0.001 ...] [--distill-arg KEY=JSON ...] \
+        [--distill-weight 1.0] [--output bench/results/budgets]
 
 Systems, all scored per task on the same test queries (the fixed test part of the seeded split,
 optionally a seeded sample of `--max-queries` of them) over the same capped corpus:
@@ -16,7 +18,11 @@ optionally a seeded sample of `--max-queries` of them) over the same capped corp
 * `both[T]@b`: ERA, stage 1 then stage 2 at budget b;
 * `sym_both@b` (unless `--no-symmetric`): D→D with an adapter trained the same way (align + adapt);
 * `fusion_align`, `fusion@b` (unless `--no-fusion`): the fusion adapter (issue 8) on [Q(q); D(q)], stage 1
-  then stage 2 exactly like `both`, with the first prompt template.
+  then stage 2 exactly like `both`, with the first prompt template;
+* `distill[T]`, `fusion_distill` (unless `--no-distill`): stage 1, then distillation of the re-index's
+  ranking from the unlabeled non-test queries (no labels); `both+distill[T]@b`, `fusion+distill@b`: stage
+  2 from them with the distillation loss kept (`--distill-weight`). The teacher's cost per task
+  (documents Q embedded, seconds, against the full corpus a re-index embeds) is reported.
 
 With fusion, the extra query-time cost of running both backbones is measured in the same run: Q alone
 versus Q + D on a sample of test queries (uncached), reported as a ratio.
@@ -37,6 +43,7 @@ pooled over all tasks' queries, the settings, timings, and which of the issue's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,9 +56,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from modeling_era import EraConfig
 from era_adapters.adapt import adapt
 from era_adapters.align import align
 from era_adapters.data import DataError, load_tasks
+from era_adapters.distill import distill
+from era_adapters.teacher import TeacherSettings
 from era_adapters.evaluate import evaluate
 from era_adapters.metrics import paired_test
 from era_adapters.splits import make_split, protocol_label_options
@@ -63,6 +73,7 @@ MPNET = "sentence-transformers/all-mpnet-base-v2"
 BUDGETS = (0.05, 0.1, 0.2, 0.4)
 TEMPLATES = {"{query}": "q", "{instruction} {query}": "iq"}
 METRIC = "ndcg@10"
+TEACHER_FIELDS = {spec.name for spec in dataclasses.fields(TeacherSettings)}
 
 
 def template_tag(template: str) -> str:
@@ -96,9 +107,12 @@ def train_task_adapters(
     data: str, task: str, folder: Path, *, query_encoder: str, doc_encoder: str, budgets: Sequence[float],
     templates: Sequence[str], symmetric: bool, fusion: bool, num_texts: int, max_docs: int | None, cache_dir: str | None,
     adapt_args: dict[str, Any], timings: dict[str, float], labels: dict[float, dict[str, Any]],
+    distill_args: dict[str, Any] | None = None, distill_weight: float = 0.0,
 ) -> list[Path]:
     """Train (or reuse) every adapter of one task; return their folders in table order. `labels`: stage 2's
-    options per budget (`protocol_labels`)."""
+    options per budget (`protocol_labels`). With `distill_args` (a dict, possibly empty), also the
+    distilled adapters (issue 13): `distill[T]` and `fusion_distill` (no labels), and `both+distill[T]@b` /
+    `fusion+distill@b` (stage 2 from them, plus `distill_weight` × the distillation loss)."""
     systems: list[Path] = []
 
     def timed(name: str, target: Path, fit) -> Path:
@@ -110,6 +124,17 @@ def train_task_adapters(
         return target
 
     common = {"tasks": [task], "max_docs": max_docs, "cache_dir": cache_dir}
+
+    def distilled(name: str, init: Path) -> list[Path]:
+        """The zero-label distillation of `init`, then stage 2 from it at every budget."""
+        start = timed(name, folder / name, lambda out: distill(data, init=str(init), output=str(out), **common,
+                                                               **distill_args))
+        prefix = name.replace("_distill", "+distill").replace("distill[", "both+distill[")
+        teacher = {key: value for key, value in distill_args.items() if key in TEACHER_FIELDS}  # stage 2's teacher
+        return [start] + [timed(f"{prefix}@{budget:g}", folder / f"{prefix}@{budget:g}", lambda out: adapt(
+            data, output=out, **labels[budget], mode="both", init=start, distill_weight=distill_weight, **common,
+            **adapt_args, **teacher)) for budget in budgets]
+
     for template in templates:
         tag = template_tag(template)
         aligned = timed(f"align[{tag}]", folder / f"align[{tag}]", lambda out: align(
@@ -122,6 +147,8 @@ def train_task_adapters(
                 doc_encoder=doc_encoder, prompt_template=template, **common, **adapt_args)))
             systems.append(timed(f"both[{tag}]@{budget:g}", folder / f"both[{tag}]@{budget:g}", lambda out: adapt(
                 data, output=out, **labels[budget], mode="both", init=aligned, **common, **adapt_args)))
+        if distill_args is not None:
+            systems += distilled(f"distill[{tag}]", aligned)
     if symmetric:
         sym_align = timed("sym_align", folder / "sym_align", lambda out: align(
             data, query_encoder=doc_encoder, doc_encoder=doc_encoder, output=out, num_texts=num_texts,
@@ -137,6 +164,8 @@ def train_task_adapters(
         for budget in budgets:
             systems.append(timed(f"fusion@{budget:g}", folder / f"fusion@{budget:g}", lambda out: adapt(
                 data, output=out, **labels[budget], mode="both", init=fusion_align, **common, **adapt_args)))
+        if distill_args is not None:
+            systems += distilled("fusion_distill", fusion_align)
     return systems
 
 
@@ -217,7 +246,38 @@ def check_targets(systems: dict[str, Any], budgets: Sequence[float], templates: 
             add(f"fusion ≥ both[{tag}] at {budget:g}", fusion, macro(f"both[{tag}]@{budget:g}"), margin=1e-12)
             if budget >= 0.2:
                 add(f"fusion ≥ query2query at {budget:g}", fusion, macro("query2query"), margin=1e-12)
+    tag = template_tag(templates[0])
+    if f"distill[{tag}]" in systems:  # issue 13
+        add(f"distill[{tag}] ≥ doc2doc + 2 points (no labels)", macro(f"distill[{tag}]"), macro("doc2doc"),
+            margin=-0.02 + 1e-12)
+        if "fusion_distill" in systems:
+            add("fusion_distill ≥ query2query (no labels)", macro("fusion_distill"), macro("query2query"), margin=1e-12)
+            below = [t for t, entry in systems["fusion_distill"]["tasks"].items()
+                     if entry.get("vs_doc2doc") and entry["vs_doc2doc"]["p_value"] < 0.05
+                     and entry["vs_doc2doc"]["mean_diff"] < 0]
+            checks.append({"target": "fusion_distill: no task significantly below doc2doc", "left": len(below),
+                           "right": 0, "holds": not below, "tasks_below": below})
+        for budget in budgets:
+            name = f"both+distill[{tag}]@{budget:g}"
+            add(f"{name} > both[{tag}]@{budget:g}", macro(name), macro(f"both[{tag}]@{budget:g}"))
+        if budgets:
+            add(f"both+distill[{tag}]@{budgets[0]:g} ≥ query2query", macro(f"both+distill[{tag}]@{budgets[0]:g}"),
+                macro("query2query"), margin=1e-12)
+        if 0.2 in budgets and "fusion+distill@0.2" in systems:
+            add("fusion+distill@0.2 ≥ 0.50", macro("fusion+distill@0.2"), 0.50, margin=1e-12)
     return checks
+
+
+def teacher_costs(folders: dict[str, list[Path]]) -> dict[str, Any]:
+    """Per task, what the distillation teacher cost: documents Q embedded (≤ the budget), seconds, and the
+    full corpus a re-index embeds (read from the distilled adapters' metadata)."""
+    costs = {}
+    for task, paths in folders.items():
+        for path in paths:
+            if path.name.startswith("distill["):
+                record = EraConfig.from_pretrained(path).training_metadata["distillation"]["teacher_cost"][task]
+                costs[task] = record
+    return costs
 
 
 def markdown(systems: dict[str, Any], tasks: Sequence[str], checks: list[dict[str, Any]], settings: dict[str, Any]) -> str:
@@ -263,12 +323,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not tasks:
         raise DataError(f"no task under {args.data} has {args.min_labeled} labeled queries; pass --tasks.")
     adapt_args = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.adapt_arg)}
+    distill_args = None if not args.distill else \
+        {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.distill_arg)}
     timings: dict[str, float] = {}
     reports = {}
     # Adapters trained with other settings live elsewhere: a reused folder always matches this run.
-    key = json.dumps([args.query_encoder, args.doc_encoder, args.max_docs, args.num_texts, adapt_args], sort_keys=True)
+    key = json.dumps([args.query_encoder, args.doc_encoder, args.max_docs, args.num_texts, adapt_args]
+                     + ([distill_args, args.distill_weight] if distill_args is not None else []), sort_keys=True)
     work_dir = Path(args.work_dir) / hashlib.sha256(key.encode()).hexdigest()[:10]
-    label_options = {}
+    label_options, task_folders = {}, {}
     for task in tasks:
         logger.info("task %s", task)
         label_options[task] = protocol_labels(args.data, task, args.budgets)
@@ -276,8 +339,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.data, task, work_dir / task, query_encoder=args.query_encoder,
             doc_encoder=args.doc_encoder, budgets=args.budgets, templates=args.prompt_templates,
             symmetric=args.symmetric, fusion=args.fusion, num_texts=args.num_texts, max_docs=args.max_docs, cache_dir=args.cache_dir,
-            adapt_args=adapt_args, timings=timings, labels=label_options[task],
+            adapt_args=adapt_args, timings=timings, labels=label_options[task], distill_args=distill_args,
+            distill_weight=args.distill_weight,
         )
+        task_folders[task] = folders
         clock = time.perf_counter()
         reports[task] = evaluate(
             args.data, ["doc2doc", "query2query", *[str(f) for f in folders]], tasks=[task],
@@ -291,7 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "budgets": list(args.budgets), "prompt_templates": list(args.prompt_templates), "symmetric": args.symmetric,
         "fusion": args.fusion,
         "num_texts": args.num_texts, "max_docs": args.max_docs, "max_queries": args.max_queries,
-        "adapt_args": adapt_args, "split_seed": 0, "machine": platform.platform(), "work_dir": str(work_dir),
+        "adapt_args": adapt_args, "distill_args": distill_args, "distill_weight": args.distill_weight, "split_seed": 0, "machine": platform.platform(), "work_dir": str(work_dir),
         "budget_protocol": "fractions of all labeled queries (validation included), passed to stage 2 as counts",
         "stage2_label_options": {task: {str(b): o for b, o in options.items()} for task, options in label_options.items()},
     }
@@ -306,6 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "test_qids": {task: report["tasks"][task]["test_qids"] for task, report in reports.items()},
         "targets": checks,
         "fusion_query_cost": cost,
+        "teacher_cost": teacher_costs(task_folders) if distill_args is not None else None,
         "seconds": {"total": time.perf_counter() - started, **timings},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +381,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         table += (f"\nQuery-time cost of fusion (Q + D backbones) vs Q alone, {cost['queries']} {cost['task']} queries, "
                   f"uncached, best of 3 alternating runs: {cost['fusion']:.2f} s vs {cost['query_encoder']:.2f} s "
                   f"= {cost['ratio']:.2f}×.\n")
+    if result["teacher_cost"]:
+        table += "\n| task | documents Q embedded for the teacher | budget | seconds | full corpus (a re-index) |\n"
+        table += "|---|---:|---:|---:|---:|\n" + "".join(
+            f"| {task} | {c['documents_embedded_by_q']} | {c['teacher_docs_budget']} | {c['seconds']:.1f} | "
+            f"{c['full_corpus']} |\n" for task, c in result["teacher_cost"].items())
     output.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table)
     print(f"results: {output.with_suffix('.json')} and {output.with_suffix('.md')}")
@@ -341,6 +412,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-queries", type=int, help="seeded sample of test queries per task")
     parser.add_argument("--adapt-arg", action="append", default=[], metavar="KEY=JSON",
                         help="extra keyword of era_adapters.adapt.adapt, e.g. lr=0.001 or l2_to_init=0.1")
+    parser.add_argument("--no-distill", dest="distill", action="store_false",
+                        help="skip the distilled adapters (issue 13)")
+    parser.add_argument("--distill-arg", action="append", default=[], metavar="KEY=JSON",
+                        help="extra keyword of era_adapters.distill.distill (and of stage 2's teacher), e.g. "
+                             "teacher_docs=1000")
+    parser.add_argument("--distill-weight", type=float, default=1.0,
+                        help="weight of the distillation loss in stage 2 of both+distill / fusion+distill")
     parser.add_argument("--cache-dir")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "budgets"),
                         help="results go to OUTPUT.json and OUTPUT.md")

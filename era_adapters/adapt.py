@@ -17,7 +17,9 @@ What it does (docs/method.md, "Stage 2 in detail"):
   warning when it kept its start (epoch 0) or ends below doc2doc on validation (`--fail-below-index`:
   exit status 1 then, after saving).
 * Training runs on cached pooled Q vectors and cached D vectors of the (capped) corpus, so an epoch
-  costs only adapter math (with `--lora` the backbone runs too: `era_adapters.lora`).
+  costs only adapter math (with `--lora` the backbone runs too: `era_adapters.lora`). With
+  `--doc-vectors` the D vectors are the index's stored ones, checked against the adapter's fingerprint
+  (docs/stored_vectors.md).
 * Loss: InfoNCE (`era_adapters.losses.contrastive_loss`) over every (query, positive) pair against the
   query's mined hard negatives (`era_adapters.mining`, re-mined every `--remine-every` epochs) and the
   in-batch negatives; for `both`, plus the alignment loss on stage 1's unlabeled texts
@@ -52,10 +54,11 @@ from torch import nn
 
 from modeling_era import EraAdapter, EraConfig
 from era_adapters.arguments import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, DataArguments, Range, Settings,
-                                    option, split_options)
+                                    VectorArguments, option, split_options)
 from era_adapters.adapt_record import stage_metadata
-from era_adapters.artifacts import adapter_input_dim, era_config, query_side_encoder, save_query_encoder
-from era_adapters.encoders import TextEncoder, choose_prompt_template
+from era_adapters.artifacts import (adapter_doc_side, adapter_input_dim, adapter_query_side, era_config,
+                                    save_query_encoder)
+from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder, choose_prompt_template
 from era_adapters.inputs import describe, given_tasks, gives_pairs, stage_tasks
 from era_adapters.lora import LoraQueries, build_lora_model, default_lora_config, save_lora_query_encoder
 from era_adapters.loop import (LoopConfig, LoopResult, checkpoint_folder, claim_checkpoint_folder, local_rows,
@@ -63,11 +66,12 @@ from era_adapters.loop import (LoopConfig, LoopResult, checkpoint_folder, claim_
 from era_adapters.losses import alignment_loss, contrastive_loss, l2_to_start, pair_weights
 from era_adapters.mining import Negatives
 from era_adapters.model_selection import BelowIndexError, cross_validate, verdict
+from era_adapters.sides import EncoderSide, doc_side_from, query_side_from
 from era_adapters.splits import DEFAULT_VAL_FRACTION, MIN_VALIDATION_QUERIES
 from era_adapters.supervision import (VALIDATION_METRIC, AdaptData, CachedQueries, doc2doc_validation, load_adapt_data,
                                       validation_score)
-from era_adapters.teacher import (DistillBatch, Distillation, TeacherSettings, build_targets, task_unlabeled_queries,
-                                  teacher_encoders)
+from era_adapters.teacher import (DistillBatch, Distillation, TeacherSettings, build_targets, strong_side_of,
+                                  task_unlabeled_queries)
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +129,7 @@ class AdaptSettings(Settings):
 
 
 @dataclass(kw_only=True)
-class AdaptArguments(DataArguments):
+class AdaptArguments(VectorArguments, DataArguments):
     """What stage 2 runs on and where its adapter goes."""
 
     output: str = option(help="folder for the adapted EraQueryEncoder")
@@ -177,6 +181,9 @@ class AdaptArguments(DataArguments):
             raise ValueError("say how many labels stage 2 uses with exactly one of --label-budget B (a share of the "
                              "training pool), --train-labels N or --all-train-labels; got "
                              f"{', '.join(chosen) or 'none'}.")
+        self.check_doc_side(self.doc_encoder, needs_name=self.mode == "adapt")
+        if self.query_encoder is not None and (self.query_vectors is not None or self.query_doc_vectors is not None):
+            raise ValueError("give --query-encoder (a model ERA runs) or --query-vectors (stored vectors), not both.")
 
     def label_options(self) -> dict[str, Any]:
         """The options of `era_adapters.splits.select_labels`."""
@@ -275,16 +282,15 @@ def train_adapter(
 
 
 def _distillation(args: AdaptArguments, settings: AdaptSettings, teacher: TeacherSettings, tasks: list,
-                  data: AdaptData, config: EraConfig, accelerator: Accelerator) -> Distillation | None:
+                  data: AdaptData, query_side: Any, doc_side: Any, accelerator: Accelerator) -> Distillation | None:
     """The distillation loss on each task's unlabeled queries (validation queries left out), or None."""
     if settings.distill_weight <= 0:
         return None
     queries = task_unlabeled_queries(tasks, split_seed=args.split_seed, test_fraction=args.test_fraction,
                                      settings=teacher, leave_out=[view.val_qids for view in data.tasks])
-    student, strong, doc = teacher_encoders(config, args.cache_dir, args.embed_batch_size)
-    targets = build_targets(tasks, queries, student_encoder=student, strong_encoder=strong, doc_encoder=doc,
-                            settings=teacher, max_docs=args.max_docs, split_seed=args.split_seed, seed=settings.seed,
-                            cache_dir=args.cache_dir, accelerator=accelerator)
+    targets = build_targets(tasks, queries, student_side=query_side, strong_side=strong_side_of(query_side),
+                            doc_side=doc_side, settings=teacher, max_docs=args.max_docs, split_seed=args.split_seed,
+                            seed=settings.seed, cache_dir=args.cache_dir, accelerator=accelerator)
     return Distillation(targets, teacher, accelerator.device, accelerator.num_processes, accelerator.process_index)
 
 
@@ -301,9 +307,11 @@ def _run_record(settings: AdaptSettings, data: AdaptData, model: nn.Module) -> d
 
 
 def _starting_adapter(args: AdaptArguments, seed: int, init_model: EraAdapter | None = None,
-                      ) -> tuple[EraAdapter, TextEncoder, TextEncoder, dict[str, Any]]:
-    mode, init, query_encoder, doc_encoder = args.mode, args.init, args.query_encoder, args.doc_encoder
-    cache_dir, embed_batch_size, prompt_template = args.cache_dir, args.embed_batch_size, args.prompt_template
+                      ) -> tuple[EraAdapter, Any, Any, dict[str, Any]]:
+    """The starting adapter and its query and doc sides (encoders run through the cache, or stored vectors)."""
+    mode, init = args.mode, args.init
+    encoder = {"cache_dir": args.cache_dir, "batch_size": args.embed_batch_size}
+    stored_queries = query_side_from(args)
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose 'both' (from --init) or 'adapt' (labels only).")
     if mode == "both":
@@ -311,12 +319,12 @@ def _starting_adapter(args: AdaptArguments, seed: int, init_model: EraAdapter | 
             raise ValueError("--mode both starts from the stage-1 adapter: pass --init OUT_ALIGN.")
         config = init_model.config if init_model is not None else EraConfig.from_pretrained(init)
         model = copy.deepcopy(init_model) if init_model is not None else EraAdapter.from_pretrained(init)
-        for given, expected, side in ((query_encoder, config.query_encoder, "query"), (doc_encoder, config.doc_encoder, "doc")):
+        for given, expected, side in ((args.query_encoder, config.query_encoder, "query"),
+                                      (args.doc_encoder, config.doc_encoder, "doc")):
             if given is not None and str(given) != str(expected):
                 raise ValueError(f"--{side}-encoder {given} differs from the {side} encoder of {init} ({expected}).")
-        q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
-        d_encoder = TextEncoder(config.doc_encoder, revision=config.doc_encoder_revision, cache_dir=cache_dir,
-                                batch_size=embed_batch_size)
+        d_side = adapter_doc_side(model, args, where=str(init), **encoder)
+        q_side = adapter_query_side(config, stored_queries=stored_queries, doc_side=d_side, **encoder)
         start = {"init": str(init), "init_mode": config.training_metadata.get("mode"),
                  "init_recipe": config.training_metadata.get("recipe", {}).get("summary"),
                  "prompt": config.training_metadata.get("prompt", {"template": config.prompt_template,
@@ -324,13 +332,21 @@ def _starting_adapter(args: AdaptArguments, seed: int, init_model: EraAdapter | 
     else:
         if init is not None:
             raise ValueError("--mode adapt starts from a neutral adapter; --init belongs to --mode both.")
-        if query_encoder is None or doc_encoder is None:
-            raise ValueError("--mode adapt needs --query-encoder and --doc-encoder.")
-        q_encoder = TextEncoder(query_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
-        prompt = choose_prompt_template(q_encoder, prompt_template)
-        q_encoder.query_template = prompt_template = prompt["template"]
-        d_encoder = TextEncoder(doc_encoder, cache_dir=cache_dir, batch_size=embed_batch_size)
-        config = era_config(q_encoder, d_encoder, adapter_type=args.adapter, prompt_template=prompt_template,
+        if (args.query_encoder is None and stored_queries is None) or \
+                (args.doc_encoder is None and args.doc_vectors is None):
+            raise ValueError("--mode adapt needs the query side (--query-encoder or --query-vectors) and the doc side "
+                             "(--doc-encoder or --doc-vectors).")
+        if stored_queries is not None:
+            q_side = stored_queries
+            prompt = {"template": BARE_QUERY_TEMPLATE, "chosen_by": "stored query vectors: embedded by whoever "
+                                                                    "stored them"}
+        else:
+            q_encoder = TextEncoder(args.query_encoder, **encoder)
+            prompt = choose_prompt_template(q_encoder, args.prompt_template)
+            q_encoder.query_template = prompt["template"]
+            q_side = EncoderSide(q_encoder)
+        d_side = doc_side_from(args, lambda: TextEncoder(args.doc_encoder, **encoder))
+        config = era_config(q_side, d_side, adapter_type=args.adapter, prompt_template=prompt["template"],
                             default_instruction=args.default_instruction, adapter_rank=args.adapter_rank,
                             adapter_hidden_dim=args.adapter_hidden_dim)  # fusion: gate 0, i.e. starts as D(q)
         torch.manual_seed(seed)  # the seeded random init when the dims differ
@@ -338,14 +354,14 @@ def _starting_adapter(args: AdaptArguments, seed: int, init_model: EraAdapter | 
         start = {"init": "identity" if config.query_dim == config.doc_dim else f"random (torch seed {seed})",
                  "prompt": prompt}
         if args.adapter == "fusion":
-            q_encoder = query_side_encoder(config, cache_dir=cache_dir, batch_size=embed_batch_size)
+            q_side = adapter_query_side(config, stored_queries=stored_queries, doc_side=d_side, **encoder)
             start["init"] = f"fusion: light branch identity, gate 0, Q branch random (torch seed {seed})"
-    if d_encoder.dim != model.config.doc_dim or q_encoder.dim != adapter_input_dim(model.config):
+    if d_side.dim != model.config.doc_dim or q_side.dim != adapter_input_dim(model.config):
         raise ValueError(
             f"the adapter maps {adapter_input_dim(model.config)}->{model.config.doc_dim} but the encoders give "
-            f"{q_encoder.dim} and {d_encoder.dim} dims."
+            f"{q_side.dim} and {d_side.dim} dims."
         )
-    return model, q_encoder, d_encoder, start
+    return model, q_side, d_side, start
 
 
 
@@ -382,9 +398,11 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
     settings = (settings or AdaptSettings()).for_mode(args.mode)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(settings.seed)
-    model, q_encoder, d_encoder, start = _starting_adapter(args, settings.seed, init_model)
+    model, q_side, d_side, start = _starting_adapter(args, settings.seed, init_model)
     if args.lora and model.config.adapter_type == "fusion":
         raise ValueError("--lora is not supported with a fusion adapter (two query backbones); drop --lora.")
+    if args.lora and q_side.kind != "model":
+        raise ValueError("--lora trains the query encoder's backbone: it needs --query-encoder, not stored vectors.")
     if args.lora and settings.distill_weight > 0:
         raise ValueError("--distill-weight trains on cached query vectors, which a LoRA on the query backbone "
                          "changes; drop one of --lora and --distill-weight.")
@@ -393,14 +411,15 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
     loaded = stage_tasks(args, tasks)
     adapt_data = load_adapt_data(
         loaded, labels=args.label_options(), validation=args.validation, split_seed=args.split_seed,
-        test_fraction=args.test_fraction, query_encoder=q_encoder, doc_encoder=d_encoder, max_docs=args.max_docs,
+        test_fraction=args.test_fraction, query_encoder=q_side, doc_encoder=d_side, max_docs=args.max_docs,
         cache_dir=args.cache_dir, accelerator=accelerator,
         align_texts=settings.align_texts if settings.align_weight > 0 else 0, align_seed=align_seed,
     )
-    distillation = _distillation(args, settings, teacher or TeacherSettings(), loaded, adapt_data, model.config,
+    distillation = _distillation(args, settings, teacher or TeacherSettings(), loaded, adapt_data, q_side, d_side,
                                  accelerator)
     lora_config = None
     if args.lora:
+        q_encoder = q_side.encoder
         lora_config = default_lora_config(q_encoder, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
 
     def fresh(data: AdaptData) -> tuple[nn.Module, Any]:
@@ -440,6 +459,7 @@ def run_adaptation(args: AdaptArguments, settings: AdaptSettings | None = None,
     metadata = stage_metadata(args, settings, adapt_data, chosen, result, negatives, config=config, start=start,
                               lora=lora_config, align_seed=align_seed, init_metadata=init_metadata,
                               warnings=warnings, processes=accelerator.num_processes)
+    metadata["sides"] = {"query": q_side.record(), "doc": d_side.record()}
     if distillation is not None:
         metadata["distillation"] = {"weight": settings.distill_weight, "teacher": distillation.settings.to_dict(),
                                     "unlabeled_queries": len(distillation.targets),

@@ -5,7 +5,9 @@
 
 Samples texts per task (corpus documents; optionally the non-test queries too), embeds them with both
 encoders through the embedding cache (only the sampled texts go through Q), fits the adapter and
-saves an EraQueryEncoder with its config, metrics and model card.
+saves an EraQueryEncoder with its config, metrics and model card. With `--doc-vectors SOURCE
+--doc-encoder-name NAME` (an index built with an embedding API) D(t) is read from the stored vectors
+by id instead, and the doc encoder never runs (docs/stored_vectors.md).
 
 `linear` is closed-form ridge regression with bias: the sums XᵀX and XᵀY are accumulated in float64
 (all-reduced across processes under Accelerate), the ridge strength is chosen on a held-out slice.
@@ -27,15 +29,15 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from modeling_era import EraAdapter, EraConfig
-from era_adapters.arguments import AT_LEAST_ONE, NON_NEGATIVE, DataArguments, option
+from era_adapters.arguments import AT_LEAST_ONE, NON_NEGATIVE, DataArguments, VectorArguments, option
 from era_adapters.artifacts import era_config, save_query_encoder
-from era_adapters.cache import embed_texts
 from era_adapters.data import Task, cap_corpus
-from era_adapters.encoders import TextEncoder, choose_prompt_template
+from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder, choose_prompt_template
 from era_adapters.inputs import describe, given_tasks, stage_tasks
 from era_adapters.loop import LoopConfig, checkpoint_folder, local_rows, seeded_batches, train
 from era_adapters.losses import alignment_loss
 from era_adapters.search import exact_search
+from era_adapters.sides import EncoderSide, doc_side_from, query_side_from
 from era_adapters.splits import make_split
 
 logger = logging.getLogger(__name__)
@@ -53,10 +55,11 @@ class AlignmentTexts:
     doc_side: list[str]
     held_out: np.ndarray
     counts: dict[str, dict[str, int]]
+    keys: list[tuple[str, str]]  # ("doc" | "query", id) of each text: how stored vectors are found
 
 
 def sample_texts(
-    tasks: Sequence[Task], num_texts: int, seed: int, query_encoder: TextEncoder, with_queries: bool = False,
+    tasks: Sequence[Task], num_texts: int, seed: int, query_encoder: Any, with_queries: bool = False,
     test_fraction: float = 0.5,
 ) -> AlignmentTexts:
     """`num_texts` corpus documents per task (seeded), plus the non-test queries if asked.
@@ -65,26 +68,28 @@ def sample_texts(
     instruction) on the Q side and stay plain on the D side, as at search time. Test queries are
     never used, even unlabeled.
     """
-    query_side, doc_side, counts = [], [], {}
+    query_side, doc_side, counts, keys = [], [], {}, []
     rng = np.random.default_rng([_SAMPLE_STREAM, seed])
     for task in tasks:
-        rows = rng.choice(len(task.doc_ids), size=min(num_texts, len(task.doc_ids)), replace=False)
-        docs = [task.doc_texts[int(row)] for row in np.sort(rows)]
+        rows = np.sort(rng.choice(len(task.doc_ids), size=min(num_texts, len(task.doc_ids)), replace=False))
+        docs = [task.doc_texts[int(row)] for row in rows]
         query_side += docs
         doc_side += docs
+        keys += [("doc", task.doc_ids[int(row)]) for row in rows]
         counts[task.name] = {"documents": len(docs), "queries": 0}
         if with_queries:
             test = set(make_split(task, seed=seed, test_fraction=test_fraction).test_qids)
             queries = [q for q in task.queries if q.qid not in test]
             query_side += [query_encoder.format_query(q.query, q.instruction) for q in queries]
             doc_side += [q.query for q in queries]
+            keys += [("query", q.qid) for q in queries]
             counts[task.name]["queries"] = len(queries)
     held_out = np.zeros(len(query_side), dtype=bool)
     held = np.random.default_rng([_SAMPLE_STREAM + 1, seed]).choice(
         len(query_side), size=max(1, round(HELD_OUT_SHARE * len(query_side))), replace=False
     )
     held_out[held] = True
-    return AlignmentTexts(query_side, doc_side, held_out, counts)
+    return AlignmentTexts(query_side, doc_side, held_out, counts, keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,11 +258,13 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
 
 
 @dataclass(kw_only=True)
-class AlignArguments(DataArguments):
+class AlignArguments(VectorArguments, DataArguments):
     """Settings of stage 1 (recorded in the adapter's `training_metadata["arguments"]`)."""
 
-    query_encoder: str = option(help="Hub id or folder of the strong query encoder Q")
-    doc_encoder: str = option(help="Hub id or folder of the doc encoder D that built the index")
+    query_encoder: str | None = option(None, help="Hub id or folder of the strong query encoder Q (or "
+                                                  "--query-doc-vectors: its stored vectors)")
+    doc_encoder: str | None = option(None, help="Hub id or folder of the doc encoder D that built the index (or "
+                                                "--doc-vectors: the index's stored vectors)")
     output: str = option(help="folder for the aligned EraQueryEncoder")
     num_texts: int = option(1000, help="corpus documents sampled per task", valid=AT_LEAST_ONE)
     adapter: Literal["linear", "low_rank", "mlp", "fusion"] = option("linear", help="adapter family")
@@ -289,6 +296,14 @@ class AlignArguments(DataArguments):
         if self.adapter == "fusion" and self.refine_epochs:
             raise ValueError("--refine-epochs does not apply to fusion: its stage 1 is the closed-form fit of the "
                              "Q branch.")
+        self.check_doc_side(self.doc_encoder, needs_name=True)
+        if self.doc_encoder is None and self.doc_vectors is None:
+            raise ValueError("stage 1 needs the doc side: --doc-encoder MODEL, or --doc-vectors SOURCE (the index's "
+                             "stored vectors) with --doc-encoder-name.")
+        stored_query = self.query_doc_vectors is not None or self.query_vectors is not None
+        if (self.query_encoder is None) != stored_query:
+            raise ValueError("stage 1 needs the query side: --query-encoder MODEL, or --query-doc-vectors SOURCE (the "
+                             "query encoder's stored vectors of the documents), not both.")
 
 
 def align(data: Any = None, *, texts: Sequence[str] | None = None, accelerator: Accelerator | None = None,
@@ -313,22 +328,25 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None, 
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed)
-    q_encoder = TextEncoder(args.query_encoder, cache_dir=args.cache_dir, batch_size=args.embed_batch_size)
-    prompt = choose_prompt_template(q_encoder, args.prompt_template)
-    q_encoder.query_template = prompt["template"]
-    d_encoder = TextEncoder(args.doc_encoder, cache_dir=args.cache_dir, batch_size=args.embed_batch_size)
+    q_side, d_side, prompt = _sides(args)
     loaded = [cap_corpus(task, args.max_docs, args.seed) for task in stage_tasks(args, tasks)]
-    texts = sample_texts(loaded, args.num_texts, args.seed, q_encoder, args.with_queries, args.test_fraction)
+    loaded = d_side.prepare(q_side.prepare(loaded))
+    if args.with_queries:
+        q_side.require("query", "--with-queries")
+        d_side.require("query", "--with-queries (stage 1 fits A(Q(query)) ≈ D(query))")
+    if args.adapter == "fusion":
+        d_side.require("query", "a fusion adapter (at search time it feeds D(query) to its light branch)")
+    texts = sample_texts(loaded, args.num_texts, args.seed, q_side, args.with_queries, args.test_fraction)
     embed = {"cache_dir": args.cache_dir, "accelerator": accelerator}
     # Texts are already formatted for each side (prompted queries on Q's), so embed them as they are.
-    x = embed_texts(q_encoder, texts.query_side, **embed)
-    y = embed_texts(d_encoder, texts.doc_side, **embed)
+    x = q_side.texts(texts.query_side, texts.keys, **embed)
+    y = d_side.texts(texts.doc_side, texts.keys, **embed)
     train_rows, held_rows = np.flatnonzero(~texts.held_out), np.flatnonzero(texts.held_out)
     metadata_recipe: dict[str, Any] = {"family": args.adapter, "loss": args.loss, "held_out_share": HELD_OUT_SHARE}
     shape = {"prompt_template": prompt["template"], "default_instruction": args.default_instruction,
              "adapter_rank": args.adapter_rank, "adapter_hidden_dim": args.adapter_hidden_dim}
     family = args.fusion_branch if args.adapter == "fusion" else args.adapter
-    model = EraAdapter(era_config(q_encoder, d_encoder, adapter_type=family, **shape))
+    model = EraAdapter(era_config(q_side, d_side, adapter_type=family, **shape))
     mine = train_rows[accelerator.process_index :: accelerator.num_processes]
     if args.procrustes:
         weight, bias = procrustes(x[train_rows], y[train_rows]), np.zeros(y.shape[1])
@@ -354,7 +372,7 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None, 
     quality = alignment_quality(model, x[held_rows], y[held_rows], y, held_rows)
     metadata_recipe["summary"] = _summary(args.adapter, metadata_recipe, len(train_rows))
     if args.adapter == "fusion":
-        model = fusion_from_branch(model, era_config(q_encoder, d_encoder, adapter_type="fusion", fusion_branch=family,
+        model = fusion_from_branch(model, era_config(q_side, d_side, adapter_type="fusion", fusion_branch=family,
                                                      fusion_gate=args.fusion_gate, **shape))
         metadata_recipe.update(fusion={"branch": family, "gate": args.fusion_gate, "light_branch": "identity"})
         metadata_recipe["summary"] += f"; fusion: light branch D(q) at identity, Q branch gated at {args.fusion_gate:g}"
@@ -376,6 +394,7 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None, 
         },
         "recipe": metadata_recipe,
         "prompt": prompt,
+        "sides": {"query": q_side.record(), "doc": d_side.record()},
     }
     if accelerator.is_main_process:
         save_query_encoder(model, args.output)
@@ -385,6 +404,24 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None, 
                     quality["held_out_texts"])
     accelerator.wait_for_everyone()
     return model
+
+
+def _sides(args: AlignArguments) -> tuple[Any, Any, dict[str, str]]:
+    """The query and doc sides (run or stored) and the query prompt with why it was chosen."""
+    stored_query = query_side_from(args)
+    if stored_query is not None:
+        if args.adapter == "fusion":
+            raise ValueError("a fusion adapter runs its query encoder: drop --query-doc-vectors / --query-vectors.")
+        prompt = {"template": BARE_QUERY_TEMPLATE, "chosen_by": "stored query vectors: embedded by whoever stored them"}
+        q_side = stored_query
+    else:
+        q_encoder = TextEncoder(args.query_encoder, cache_dir=args.cache_dir, batch_size=args.embed_batch_size)
+        prompt = choose_prompt_template(q_encoder, args.prompt_template)
+        q_encoder.query_template = prompt["template"]
+        q_side = EncoderSide(q_encoder)
+    d_side = doc_side_from(args, lambda: TextEncoder(args.doc_encoder, cache_dir=args.cache_dir,
+                                                     batch_size=args.embed_batch_size))
+    return q_side, d_side, prompt
 
 
 def fusion_from_branch(branch: EraAdapter, config: EraConfig) -> EraAdapter:

@@ -16,7 +16,7 @@ import os
 import sys
 import types
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Sequence, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 from transformers import HfArgumentParser
 
@@ -124,6 +124,51 @@ class DataArguments(Settings):
         return {"train": self.train_qrels, "dev": self.dev_qrels, "test": self.test_qrels}
 
 
+@dataclass(kw_only=True)
+class VectorArguments(Settings):
+    """Stored vectors instead of running an encoder (docs/stored_vectors.md), shared by every stage. A
+    SOURCE is lancedb://PATH?table=T, Parquet/Arrow files or a `datasets` folder / Hub id, a .npy or
+    .safetensors matrix (ids in NAME.ids.txt or '?ids=FILE'), or a faiss index with an id map."""
+
+    doc_vectors: str | None = option(None, help="the index's document vectors, keyed by doc id, instead of running "
+                                                "--doc-encoder: lancedb://PATH?table=T, Parquet/Arrow files or a "
+                                                "datasets folder / Hub id, .npy or .safetensors (+ NAME.ids.txt), a "
+                                                "faiss index (docs/stored_vectors.md)")
+    doc_encoder_name: str | None = option(None, help="name of the encoder that made --doc-vectors, recorded as given "
+                                                     "(free text, e.g. text-embedding-3-small)")
+    doc_query_vectors: str | None = option(None, help="the queries embedded by that same doc encoder, keyed by query id "
+                                                      "(doc2doc, --with-queries and fusion need them)")
+    query_vectors: str | None = option(None, help="stored query-encoder vectors of the queries, keyed by query id, "
+                                                  "instead of running --query-encoder (an API-only query encoder)")
+    query_doc_vectors: str | None = option(None, help="stored query-encoder vectors of the documents, keyed by doc id "
+                                                      "(stage 1 aligns on documents)")
+    query_encoder_name: str | None = option(None, help="name of the query encoder of --query-vectors (free text)")
+    id_column: str | None = option(None, help="id column of the sources (default: 'id'; a source's '?id=' wins)")
+    vector_column: str | None = option(None, help="vector column (default: 'vector', 'embedding' or the one list of "
+                                                  "floats; '?vector=' wins)")
+    text_column: str | None = option(None, help="text column of --doc-vectors, compared with the corpus' texts")
+    vectors_normalized: bool | None = option(None, help="declare the stored vectors L2-normalised (true) or not "
+                                                        "(false); checked. Default: detected")
+    missing_vectors: Literal["error", "skip"] = option(
+        "error", help="documents without a stored vector: refuse (error) or leave them out of the corpus (skip)")
+
+    @property
+    def stored_doc_side(self) -> bool:
+        return self.doc_vectors is not None
+
+    def check_doc_side(self, doc_encoder: str | None, needs_name: bool = False) -> None:
+        """Exactly one way to get the doc side; stored vectors named where the adapter will record them."""
+        if doc_encoder is not None and self.doc_vectors is not None:
+            raise ValueError("give --doc-encoder (a model ERA runs) or --doc-vectors (stored vectors), not both; name "
+                             "the encoder of stored vectors with --doc-encoder-name.")
+        if self.doc_encoder_name is not None and self.doc_vectors is None:
+            raise ValueError("--doc-encoder-name names the encoder of --doc-vectors; with --doc-encoder the model's id "
+                             "is recorded.")
+        if needs_name and self.doc_vectors is not None and not self.doc_encoder_name:
+            raise ValueError("--doc-vectors: name the encoder that made them with --doc-encoder-name (e.g. "
+                             "text-embedding-3-small): the adapter records it and check_doc_encoder compares it.")
+
+
 class ArgumentParser(HfArgumentParser):
     """`HfArgumentParser` that knows `option`'s valid ranges (kept out of argparse, checked by `Settings`)."""
 
@@ -176,6 +221,7 @@ __all__ = [
     "DataArguments",
     "Range",
     "Settings",
+    "VectorArguments",
     "flag_name",
     "option",
     "parse_arguments",

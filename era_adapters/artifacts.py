@@ -18,49 +18,38 @@ from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
 from modeling_era.modeling_era import atomic_folder, atomic_write
 from era_adapters.cards import CARD_METRICS, write_model_card
 from era_adapters.encoders import FusedEncoder, TextEncoder
-from era_adapters.models import weights_fingerprint
 from era_adapters.metrics import paired_test
+from era_adapters.sides import EncoderSide, FusedSide, as_side, doc_side_from
 
 
 def era_config(
-    query_encoder: TextEncoder,
-    doc_encoder: TextEncoder,
+    query_encoder: Any,
+    doc_encoder: Any,
     *,
     adapter_type: str = "linear",
     prompt_template: str = "{instruction} {query}",
     default_instruction: str = "",
     training_metadata: dict[str, Any] | None = None,
-    light_encoder: TextEncoder | None = None,
+    light_encoder: Any = None,
     **adapter_shape: Any,
 ) -> EraConfig:
-    """An EraConfig that records the encoders exactly as they embed (ids, revisions, pooling...).
+    """An EraConfig that records both sides exactly as they embed: a `TextEncoder` (ids, revisions,
+    pooling...) or a stored side (`era_adapters.sides.StoredSide`: its name, kind, fingerprint).
 
     `light_encoder` (fusion only): the light query encoder of the second branch, normally the doc encoder.
     """
+    query_side, doc_side = as_side(query_encoder), as_side(doc_encoder)
     if adapter_type == "fusion":
-        light_encoder = light_encoder or doc_encoder
-        if light_encoder.normalize != query_encoder.normalize:
-            raise ValueError(f"fusion needs both query encoders to agree on normalisation: {query_encoder!r} vs {light_encoder!r}.")
-        adapter_shape.update(
-            fusion_encoder=light_encoder.model_id, fusion_encoder_revision=light_encoder.revision,
-            fusion_dim=light_encoder.dim, fusion_pooling=light_encoder.pooling,
-            fusion_max_seq_length=light_encoder.max_length, fusion_lowercase_queries=light_encoder.do_lower_case,
-        )
+        light = as_side(light_encoder or doc_encoder)
+        if light.kind == "model" and light.normalize != query_side.normalize:
+            raise ValueError(f"fusion needs both query encoders to agree on normalisation: {query_encoder!r} vs "
+                             f"{light_encoder or doc_encoder!r}.")
+        adapter_shape.update(light.config_fields("light"))
     return EraConfig(
-        query_encoder=query_encoder.model_id,
-        query_encoder_revision=query_encoder.revision,
-        doc_encoder=doc_encoder.model_id,
-        doc_encoder_revision=doc_encoder.revision,
-        doc_encoder_sha256=weights_fingerprint(doc_encoder.path, doc_encoder.cache_dir),
-        query_dim=query_encoder.dim,
-        doc_dim=doc_encoder.dim,
+        **query_side.config_fields("query"),
+        **doc_side.config_fields("doc"),
         adapter_type=adapter_type,
-        normalize_input=query_encoder.normalize,
         normalize_output=True,
-        similarity="cosine" if doc_encoder.normalize else "dot",
-        pooling=query_encoder.pooling,
-        max_seq_length=query_encoder.max_length,
-        lowercase_queries=query_encoder.do_lower_case,
         prompt_template=prompt_template,
         default_instruction=default_instruction,
         training_metadata=training_metadata or {},
@@ -92,19 +81,63 @@ def query_side_encoder(config: EraConfig, make: Callable[..., TextEncoder] = Tex
     return FusedEncoder(strong, make(**query_side_settings(config, light=True), **kwargs))
 
 
+def adapter_doc_side(adapter: EraAdapter | EraQueryEncoder, args: Any, *, where: str,
+                     make: Callable[..., TextEncoder] = TextEncoder, **kwargs: Any) -> Any:
+    """The doc side an adapter was trained for: its doc encoder, run (`make`), or the stored vectors of
+    `args.doc_vectors` (a stage's `VectorArguments`), which must be its index: the name given with
+    `--doc-encoder-name` and the vectors' fingerprint are checked with `check_doc_encoder`."""
+    config = adapter.config
+    if args.doc_vectors is None:
+        if config.doc_encoder_kind == "external":
+            raise ValueError(f"{where} was trained on the stored vectors of {config.doc_encoder} (an external doc "
+                             "encoder, never run): pass --doc-vectors SOURCE, the same index.")
+        return EncoderSide(make(config.doc_encoder, revision=config.doc_encoder_revision, **kwargs))
+    side = doc_side_from(args, name=args.doc_encoder_name or config.doc_encoder)
+    if args.doc_encoder_name:
+        adapter.check_doc_encoder(args.doc_encoder_name)
+    adapter.check_doc_encoder(side.documents_source)
+    return side
+
+
+def adapter_query_side(config: EraConfig, *, stored_queries: Any = None, doc_side: Any = None,
+                       make: Callable[..., TextEncoder] = TextEncoder, **kwargs: Any) -> Any:
+    """The side that gives an adapter its input, `(n, adapter_input_dim)`: its query encoder run as
+    it expects (`query_side_encoder`), or the stored query vectors (`stored_queries`, a query-role
+    `StoredSide`) when its query encoder is external; a fusion adapter whose doc encoder is external
+    reads the light half from `doc_side`'s stored query vectors."""
+    if config.query_encoder_kind == "external":
+        if stored_queries is None:
+            raise ValueError(f"this adapter takes stored vectors of {config.query_encoder} (an external query "
+                             "encoder): pass --query-vectors SOURCE (the queries embedded by it, keyed by query id).")
+        if config.adapter_type == "fusion":
+            raise ValueError("a fusion adapter with an external query encoder is not supported.")
+        return stored_queries
+    if stored_queries is not None:
+        raise ValueError(f"this adapter runs its query encoder {config.query_encoder}: drop --query-vectors.")
+    if config.adapter_type == "fusion" and config.doc_encoder_kind == "external":
+        if doc_side is None or doc_side.kind != "external":
+            raise ValueError(f"this fusion adapter reads {config.doc_encoder}'s query vectors (an external doc "
+                             "encoder): pass --doc-vectors and --doc-query-vectors.")
+        return FusedSide(EncoderSide(make(**query_side_settings(config), **kwargs)), doc_side)
+    return EncoderSide(query_side_encoder(config, make=make, **kwargs))
+
+
 def adapter_input_dim(config: EraConfig) -> int:
     """Width of the (cached) query vectors an EraAdapter with this config takes."""
     return config.query_dim + (config.fusion_dim if config.adapter_type == "fusion" else 0)
 
 
 def save_query_encoder(adapter: EraAdapter, output: str | os.PathLike, *, repo_id: str | None = None) -> Path:
-    """Save `adapter` as an EraQueryEncoder folder (backbone by reference) with its model card."""
+    """Save `adapter` as an EraQueryEncoder folder (backbone by reference) with its model card; an adapter
+    of an external query encoder (stored vectors) stays an EraAdapter, which takes those vectors."""
+    if adapter.config.query_encoder_kind == "external":
+        return save_with_card(adapter, output, repo_id=repo_id)
     model = EraQueryEncoder(adapter.config)
     model.adapter.load_state_dict(adapter.adapter.state_dict())
     return save_with_card(model, output, repo_id=repo_id)
 
 
-def save_with_card(model: EraQueryEncoder, output: str | os.PathLike, *, repo_id: str | None = None,
+def save_with_card(model: EraQueryEncoder | EraAdapter, output: str | os.PathLike, *, repo_id: str | None = None,
                    num_parameters: int | None = None) -> Path:
     """Write `model` and its model card to `output` as one crash-safe swap of the whole folder."""
     output = Path(output)

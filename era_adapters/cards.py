@@ -57,7 +57,8 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
     datasets = sorted(metadata.get("tasks", []))
     card_data = ModelCardData(
         library_name="transformers",
-        base_model=_hub_id(config.query_encoder),  # the Hub rejects cards whose base_model is a local path
+        # The Hub rejects cards whose base_model is a local path (or a name of an API model, not a repo).
+        base_model=_hub_id(config.query_encoder) if getattr(config, "query_encoder_kind", "model") == "model" else None,
         tags=["era", "retrieval", "embedding-adapter", "sentence-similarity", f"doc-encoder:{config.doc_encoder}"],
         datasets=datasets or None,
         pipeline_tag="feature-extraction",
@@ -97,6 +98,11 @@ def render_model_card(config: EraConfig, *, num_parameters: int, repo_id: str) -
         fusion_pooling=config.fusion_pooling,
         evaluation_scope=_evaluation_scope(metadata.get("evaluation_settings", {})),
         test_source=_test_source(metadata.get("evaluation_settings", {})),
+        search_scope=_search_scope(metadata.get("evaluation_settings", {})),
+        skipped=metadata.get("evaluation_settings", {}).get("skipped", {}),
+        external_doc=getattr(config, "doc_encoder_kind", "model") == "external",
+        external_query=getattr(config, "query_encoder_kind", "model") == "external",
+        doc_vectors_fingerprint=getattr(config, "doc_vectors_fingerprint", None),
         **{key: getattr(config, key) for key in (
             "query_encoder", "doc_encoder", "query_dim", "doc_dim", "adapter_type", "pooling", "similarity",
             "normalize_output", "prompt_template", "default_instruction")},
@@ -119,6 +125,10 @@ def _test_source(settings: dict[str, Any]) -> str:
     if len(set(sources.values())) == 1:
         return next(iter(sources.values()))
     return "; ".join(f"`{task}`: {source}" for task, source in sources.items())
+def _search_scope(settings: dict[str, Any]) -> str:
+    if settings.get("index"):
+        return f"searched through the vector database {settings['index']} (its own search)"
+    return "exact inner-product search"
 
 
 def _hub_id(name: str | None) -> str | None:

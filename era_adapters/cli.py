@@ -53,6 +53,12 @@ def embed_main(argv: Sequence[str] | None = None) -> int:
         rows = embed.run_embedding(args)
         if _is_main_process():
             for row in rows:
+                if "source" in row:  # stored vectors: checked, not embedded
+                    print(f"{row['flag']} {row['source']} vs {row['task']} {row['what']}: {row['rows']} vectors "
+                          f"({row['dim']}-d, {'unit length' if row['normalized'] else 'not normalised'}), "
+                          f"{row['missing']} of {row['ids']} {row['what']} without a vector, {row['unused']} vectors "
+                          f"not used; fingerprint {row['fingerprint']}")
+                    continue
                 print(f"{row['model']} {row['task']} {row['what']}: {row['unique']} texts, {row['cached']} cached, "
                       f"{row['encoded']} encoded ({row['shards_written']} shards, {row['corrupt_shards']} corrupt "
                       f"replaced) in {row['seconds']:.1f}s")

@@ -99,6 +99,11 @@ def cap_corpus(task: Task, max_docs: int | None, seed: int = 0) -> Task:
     room = max(0, max_docs - int(is_judged.sum()))
     extra = np.random.default_rng([_STREAM_CORPUS, seed]).choice(others, min(room, len(others)), replace=False)
     rows = np.sort(np.concatenate([np.flatnonzero(is_judged), extra]))
+    return select_docs(task, rows)
+
+
+def select_docs(task: Task, rows: Sequence[int] | np.ndarray) -> Task:
+    """The task on the documents at these corpus rows only (in that order); queries and labels unchanged."""
     return dataclasses.replace(task, doc_ids=[task.doc_ids[row] for row in rows], docs=task.docs.select(rows))
 
 
@@ -330,4 +335,5 @@ def _folder_domain(folder: Path) -> str:
     return "unknown"
 
 
-__all__ = ["SPLIT_NAMES", "DataError", "Query", "Task", "cap_corpus", "load_hub_task", "load_task", "load_tasks"]
+__all__ = ["SPLIT_NAMES", "DataError", "Query", "Task", "cap_corpus", "load_hub_task", "load_task", "load_tasks",
+           "select_docs"]

@@ -5,22 +5,25 @@
 Default data: a Python code-search task built at run time from this interpreter's standard library
 (query: a function's docstring summary; document: its code). Query encoder all-mpnet-base-v2, doc
 encoder all-MiniLM-L6-v2 (the PyPI-packaged copies when the Hub is out of reach). Steps: build the
-doc index, evaluate the zero-shot baselines, align (stage 1), adapt with a small label budget (stage
-2), the same two stages for the fusion adapter (Q and D query embeddings together), evaluate every
-system on the same test queries, save the adapters, reload the one with the better validation nDCG@10
-with `AutoModel.from_pretrained(..., trust_remote_code=True)` and answer example queries from the index.
+doc index, align (stage 1), distil the re-index's ranking from the unlabeled non-test queries (no
+labels), adapt with a small label budget plus the distillation loss (stage 2), the same three steps for
+the fusion adapter (Q and D query embeddings together), evaluate every system and the zero-shot
+baselines on the same test queries, save the adapters, reload the one with the better validation
+nDCG@10 with `AutoModel.from_pretrained(..., trust_remote_code=True)` and answer example queries.
 A second run reuses the embedding cache.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 
 from era_adapters.adapt import adapt
 from era_adapters.align import align
 from era_adapters.cache import embed_documents
+from era_adapters.distill import distill
 from era_adapters.data import load_tasks
 from era_adapters.encoders import TextEncoder
 from era_adapters.evaluate import evaluate
@@ -35,6 +38,7 @@ SIZES = {"full": 1000, "quick": 300}
 # A share of the training pool (the labeled queries outside the test half): 0.4 of it is 20 % of all the
 # labeled queries (200 of 1,000 at full size: 160 train, 40 validate), the paper's 20 % budget.
 LABEL_BUDGET = 0.4
+DISTILL_WEIGHT = 1.0  # stage 2 keeps the distillation loss on the unlabeled queries (docs/results.md)
 
 
 def step(message: str) -> None:
@@ -71,41 +75,46 @@ def answer_examples(adapter_dir: Path, data: Path, cache_dir: str | None, count:
             print(f"  {rank}. {mark} {doc_id}: {first_line}")
 
 
+def train_family(name: str, adapter: str, source: Any, output: Path, cache_dir: str | None, quick: bool,
+                 ) -> tuple[list[Path], Any]:
+    """Stage 1, distillation (no labels), then stage 2 with labels plus the distillation loss, for one
+    adapter family; returns the three folders and the stage-2 adapter."""
+    aligned, distilled, adapted = (output / f"{name}-{stage}" for stage in ("align", "distill", "both"))
+    align(source, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER, output=aligned, adapter=adapter,
+          num_texts=SIZES["quick" if quick else "full"], cache_dir=cache_dir)
+    distill(source, init=str(aligned), output=str(distilled), cache_dir=cache_dir)
+    model = adapt(source, output=adapted, label_budget=LABEL_BUDGET, mode="both", init=distilled, cache_dir=cache_dir,
+                  distill_weight=DISTILL_WEIGHT)
+    return [aligned, distilled, adapted], model
+
+
 def run(data: str | None, quick: bool, cache_dir: str | None, output: Path) -> dict:
     started = time.perf_counter()
     step("data")
     data_path = Path(data) if data and Path(data).exists() else None
     source = data_path or (data if data else default_data(cache_dir, quick))
     print(f"tasks from {source}")
-    step(f"stage 1: align {QUERY_ENCODER} to {DOC_ENCODER} on unlabeled corpus text")
-    aligned = output / "era-align"
-    align(source, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER, output=aligned,
-          num_texts=SIZES["quick" if quick else "full"], cache_dir=cache_dir)
-    step(f"stage 2: adapt with {LABEL_BUDGET:.0%} of the training pool's labels (the test half is never used)")
-    adapted = output / "era-both"
-    era = adapt(source, output=adapted, label_budget=LABEL_BUDGET, mode="both", init=aligned, cache_dir=cache_dir)
-    step("fusion adapter: both stages again on [Q(q); D(q)], starting from the light encoder plus aligned Q")
-    fusion_aligned, fused = output / "fusion-align", output / "fusion-both"
-    align(source, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER, output=fusion_aligned, adapter="fusion",
-          num_texts=SIZES["quick" if quick else "full"], cache_dir=cache_dir)
-    fusion = adapt(source, output=fused, label_budget=LABEL_BUDGET, mode="both", init=fusion_aligned,
-                   cache_dir=cache_dir)
-    systems = ["doc2doc", "query2query", "query2doc", str(aligned), str(adapted), str(fusion_aligned), str(fused)]
+    step(f"ERA ({QUERY_ENCODER} -> {DOC_ENCODER}): align on unlabeled corpus text, distil the re-index's ranking "
+         f"from unlabeled queries (no labels), then adapt with {LABEL_BUDGET:.0%} of the training pool's labels")
+    era_folders, era = train_family("era", "linear", source, output, cache_dir, quick)
+    step("fusion adapter: the same three steps on [Q(q); D(q)], starting from the light encoder plus aligned Q")
+    fusion_folders, fusion = train_family("fusion", "fusion", source, output, cache_dir, quick)
+    systems = ["doc2doc", "query2query", "query2doc", *map(str, era_folders), *map(str, fusion_folders)]
     step("evaluate every system on the same test queries")
     report = evaluate(source, systems, query_encoder=QUERY_ENCODER, doc_encoder=DOC_ENCODER,
                       label_budget=LABEL_BUDGET, cache_dir=cache_dir, output=output / "evaluation", record=True)
     step("results (nDCG@10; doc2doc is what the index serves today)")
     print(markdown_table(report))
     # Chosen on the validation queries (never the test ones), as a user would choose.
-    best = max((era, adapted), (fusion, fused), key=lambda pair: pair[0].config.training_metadata["recipe"]["best_validation"])[1]
+    best = max((era, era_folders[-1]), (fusion, fusion_folders[-1]),
+               key=lambda pair: pair[0].config.training_metadata["recipe"]["best_validation"])[1]
     if isinstance(source, Path) and len(load_tasks(source)) == 1:
         step(f"reload {best.name} (better validation nDCG@10) with AutoModel.from_pretrained(..., "
              "trust_remote_code=True) and search")
         answer_examples(best, source, cache_dir)
     step("artifacts")
-    print(f"adapter (stage 1):   {aligned}")
-    print(f"adapter (ERA, both): {adapted}")
-    print(f"adapter (fusion):    {fused} (stage 1: {fusion_aligned})")
+    for name, folders in (("ERA", era_folders), ("fusion", fusion_folders)):
+        print(f"adapters ({name}):{' ' * (8 - len(name))}{', '.join(str(folder) for folder in folders)}")
     print(f"evaluation report:   {output / 'evaluation' / 'results.md'} (+ results.json, runs/, ndcg10.png)")
     print(f"embedding cache:     {cache_root(cache_dir)}")
     print(f"total time:          {time.perf_counter() - started:.0f}s")

@@ -33,20 +33,21 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from modeling_era import EraAdapter
-from era_adapters.arguments import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, DataArguments, Range, Settings, option, \
-    split_options
-from era_adapters.artifacts import save_query_encoder
+from era_adapters.arguments import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, DataArguments, Range, Settings,
+                                    VectorArguments, option, split_options)
+from era_adapters.artifacts import adapter_doc_side, adapter_query_side, save_query_encoder
 from era_adapters.inputs import describe, given_tasks, stage_tasks
 from era_adapters.loop import LoopConfig, checkpoint_folder, claim_checkpoint_folder, seeded_batches, train, \
     trainable_fingerprint
-from era_adapters.teacher import Distillation, TeacherSettings, build_targets, task_unlabeled_queries, teacher_encoders
+from era_adapters.sides import query_side_from
+from era_adapters.teacher import Distillation, TeacherSettings, build_targets, strong_side_of, task_unlabeled_queries
 
 logger = logging.getLogger(__name__)
 _HELD_OUT_STREAM, _CANDIDATE_STREAM = 13, 14  # numpy SeedSequence streams (teacher pool: 11)
 
 
 @dataclass(kw_only=True)
-class DistillArguments(DataArguments):
+class DistillArguments(VectorArguments, DataArguments):
     """What distillation runs on and where its adapter goes."""
 
     init: str = option(help="the adapter to start from: a stage-1 folder (training/align.py --output)")
@@ -114,10 +115,12 @@ def run_distillation(args: DistillArguments, settings: DistillSettings | None = 
     loaded = stage_tasks(args, tasks)
     queries = task_unlabeled_queries(loaded, split_seed=args.split_seed, test_fraction=args.test_fraction,
                                      settings=teacher)
-    student, strong, doc = teacher_encoders(config, args.cache_dir, args.embed_batch_size)
-    targets = build_targets(loaded, queries, student_encoder=student, strong_encoder=strong, doc_encoder=doc,
-                            settings=teacher, max_docs=args.max_docs, split_seed=args.split_seed, seed=settings.seed,
-                            cache_dir=args.cache_dir, accelerator=accelerator)
+    encoder = {"cache_dir": args.cache_dir, "batch_size": args.embed_batch_size}
+    doc_side = adapter_doc_side(model, args, where=str(args.init), **encoder)
+    query_side = adapter_query_side(config, stored_queries=query_side_from(args), doc_side=doc_side, **encoder)
+    targets = build_targets(loaded, queries, student_side=query_side, strong_side=strong_side_of(query_side),
+                            doc_side=doc_side, settings=teacher, max_docs=args.max_docs, split_seed=args.split_seed,
+                            seed=settings.seed, cache_dir=args.cache_dir, accelerator=accelerator)
     train_items, held_items = held_out_split(len(targets), settings.held_out, settings.seed)
     device, world = accelerator.device, accelerator.num_processes
     distillation = Distillation(targets, teacher, device, world, accelerator.process_index)

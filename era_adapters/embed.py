@@ -2,6 +2,10 @@
 
     accelerate launch training/embed.py --model sentence-transformers/all-MiniLM-L6-v2 \\
         --data DATA --tasks scifact arguana --what both [--cache-dir DIR] [--batch-size 64]
+    python training/embed.py --data DATA --doc-vectors lancedb://index?table=docs   # check stored vectors
+
+Stored vectors are not embedded: `--doc-vectors` (and the other stored sources) are validated and their
+ids joined with the tasks' documents or queries, with counts (docs/stored_vectors.md).
 
 Any number of processes (``accelerate launch --num_processes N``, GPUs or ``--cpu``) write one coherent
 cache; the vectors are the same as a single process's. Killed halfway, it resumes where it stopped.
@@ -21,12 +25,13 @@ from era_adapters.cache import (
     embed_texts,
     ensure_embedded,
 )
-from era_adapters.arguments import AT_LEAST_ONE, DataArguments, option
+from era_adapters.arguments import AT_LEAST_ONE, DataArguments, VectorArguments, option
 from era_adapters.data import load_tasks
 from era_adapters.encoders import DEFAULT_QUERY_TEMPLATE, TextEncoder
 from era_adapters.models import cache_root
+from era_adapters.vectors import VectorSource
 
-__all__ = ["EmbedArguments", "embed_documents", "embed_queries", "embed_tasks", "embed_texts", "run_embedding"]
+__all__ = ["EmbedArguments", "check_stored_vectors", "embed_documents", "embed_queries", "embed_tasks", "embed_texts", "run_embedding"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +76,10 @@ def embed_tasks(
 
 
 @dataclass(kw_only=True)
-class EmbedArguments(DataArguments):
-    """Which encoders embed what."""
+class EmbedArguments(VectorArguments, DataArguments):
+    """Which encoders embed what; stored vectors (--doc-vectors etc.) are checked against the tasks instead."""
 
-    model: list[str] = option(help="Hub id(s) or local folder(s) of the encoder(s)")
+    model: list[str] = option(help="Hub id(s) or local folder(s) of the encoder(s)", default_factory=list)
     revision: str | None = option(None, help="Hub revision (with a single --model)")
     what: Literal["docs", "queries", "both"] = option("both", help="what to embed")
     instructions: Literal["with", "without", "both"] = option(
@@ -94,6 +99,34 @@ class EmbedArguments(DataArguments):
         super().__post_init__()
         if self.revision is not None and len(self.model) > 1:
             raise ValueError("--revision applies to a single --model; embed the models one at a time.")
+        if not self.model and not self.stored_sources():
+            raise ValueError("name an encoder to run (--model) or stored vectors to check (--doc-vectors, "
+                             "--doc-query-vectors, --query-vectors, --query-doc-vectors).")
+
+    def stored_sources(self) -> dict[str, str]:
+        """The stored-vector sources given, by flag: their ids are joined with the tasks' documents or queries."""
+        given = {"--doc-vectors": self.doc_vectors, "--doc-query-vectors": self.doc_query_vectors,
+                 "--query-vectors": self.query_vectors, "--query-doc-vectors": self.query_doc_vectors}
+        return {flag: spec for flag, spec in given.items() if spec is not None}
+
+
+def check_stored_vectors(args: EmbedArguments, tasks: Sequence[Any]) -> list[dict[str, Any]]:
+    """Validate each stored source once and join its ids with every task's documents (doc vectors) or
+    queries (query vectors): one row per (source, task) with the counts. Nothing is embedded."""
+    rows = []
+    for flag, spec in args.stored_sources().items():
+        source = VectorSource(spec, what=flag, id_column=args.id_column, vector_column=args.vector_column,
+                              text_column=args.text_column if flag == "--doc-vectors" else None,
+                              normalized=args.vectors_normalized)
+        checked = {**source.check().as_dict(), "fingerprint": source.fingerprint()}
+        of_documents = flag in ("--doc-vectors", "--query-doc-vectors")
+        for task in tasks:
+            ids = task.doc_ids if of_documents else [query.qid for query in task.queries]
+            join = source.join(ids, where=f"task {task.name}")
+            join.pop("has_vector")
+            rows.append({"source": spec, "flag": flag, "task": task.name, "what": "docs" if of_documents else "queries",
+                         **checked, **join})
+    return rows
 
 
 def run_embedding(args: EmbedArguments) -> list[dict[str, Any]]:
@@ -106,7 +139,7 @@ def run_embedding(args: EmbedArguments) -> list[dict[str, Any]]:
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
     tasks = load_tasks(args.data, args.tasks, cache_dir=cache_root(args.cache_dir) / "datasets",
                        **args.load_options())
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = check_stored_vectors(args, tasks)
     for model in args.model:
         encoder = TextEncoder(
             model, revision=args.revision, pooling=args.pooling, normalize=False if args.no_normalize else None,

@@ -10,7 +10,10 @@ Every system is scored on the test part of the split (your test qrels, else a se
 docs/protocol.md) with exact inner-product search over the whole (optionally capped) corpus. An adapter
 trained on any of those test queries is refused. Writes results.json, results.md, TREC runs and a plot
 to OUT_DIR (`era_adapters.reports`). `--record` stores each adapter's test metrics in its folder,
-next to doc2doc's and query2query's on the same queries (added to the systems when missing).
+next to doc2doc's and query2query's on the same queries (added to the systems when missing). With stored
+vectors (docs/stored_vectors.md) a system's sides are read by id, and `--index` searches through the
+user's vector database. (Longer than most modules: systems, settings, the search and the report belong
+to one command.)
 """
 from __future__ import annotations
 
@@ -30,15 +33,16 @@ import torch
 from transformers import AutoModel
 
 from modeling_era import EraAdapter, EraConfig, EraQueryEncoder
-from era_adapters.arguments import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, DataArguments, option
-from era_adapters.artifacts import query_side_encoder, record_in_adapters
-from era_adapters.cache import embed_documents, embed_queries
-from era_adapters.data import Task, cap_corpus
+from era_adapters.arguments import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, DataArguments, VectorArguments, option
+from era_adapters.artifacts import adapter_doc_side, adapter_query_side, query_side_encoder, record_in_adapters
+from era_adapters.data import Query, Task, cap_corpus
 from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder
 from era_adapters.inputs import describe, given_tasks, stage_tasks
 from era_adapters.metrics import METRIC_NAMES, paired_test, per_query_metrics_ranked
 from era_adapters.reports import write_outputs
 from era_adapters.search import ann_search, build_ann_index, drop_identical_ids, exact_search, recall_against_exact
+from era_adapters.sides import EncoderSide, doc_side_from, query_side_from
+from era_adapters.vectors import VectorSource, VectorSourceError, open_source, search_index
 from era_adapters.splits import TaskSplit, make_split
 
 logger = logging.getLogger(__name__)
@@ -49,28 +53,34 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as the Hub spel
 
 @dataclass
 class System:
-    """How one system embeds queries and documents."""
+    """How one system embeds queries and documents: its query side (plus an adapter) and its doc side,
+    each an encoder run through the cache or stored vectors (`era_adapters.sides`)."""
 
     name: str
-    query_encoder: TextEncoder
-    doc_encoder: TextEncoder
+    query_side: Any
+    doc_side: Any
     adapter: EraAdapter | None = None
     info: dict[str, Any] = field(default_factory=dict)
     query_model: EraQueryEncoder | None = None  # adapters with a LoRA: text in, uncached
 
-    def embed_queries(self, queries: Sequence[str], instructions: Sequence[str], **kwargs: Any) -> np.ndarray:
+    def embed_queries(self, task: Task, queries: Sequence[Query], **kwargs: Any) -> np.ndarray:
         if self.query_model is not None:  # the LoRA changes the backbone: no cached plain-Q vector applies
-            return self.query_model.encode_queries(list(queries), instruction=list(instructions)).numpy()
-        vectors = embed_queries(self.query_encoder, queries, instructions, **kwargs)
+            return self.query_model.encode_queries([q.query for q in queries],
+                                                   instruction=[q.instruction for q in queries]).numpy()
+        vectors = self.query_side.queries(task, queries, **kwargs)
         if self.adapter is not None:
             with torch.no_grad():
                 vectors = self.adapter(torch.from_numpy(vectors)).numpy()
-        elif vectors.shape[1] != self.doc_encoder.dim:
-            vectors = _fit_dimension(vectors, self.doc_encoder.dim)
+        elif vectors.shape[1] != self.doc_side.dim:
+            vectors = _fit_dimension(vectors, self.doc_side.dim)
         return vectors
 
-    def embed_documents(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
-        return embed_documents(self.doc_encoder, texts, **kwargs)
+    def embed_documents(self, task: Task, **kwargs: Any) -> np.ndarray:
+        return self.doc_side.documents(task, **kwargs)
+
+
+class SkippedSystem(Exception):
+    """A system that cannot be scored with what was given (e.g. doc2doc without the index's query vectors)."""
 
 
 def _fit_dimension(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -94,18 +104,31 @@ class Encoders:
         return self._made[key]
 
 
-def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_encoder: str | None,
+def build_system(spec: str, encoders: Encoders, args: Any, stored_doc: Any = None, stored_query: Any = None,
                  model: EraAdapter | None = None) -> System:
-    """Turn a command-line system name into a System (adapters bring their own encoders); `model`: the
-    in-memory adapter that `spec` names."""
+    """Turn a command-line system name into a System (adapters bring their own encoders; `model`: the
+    in-memory adapter that `spec` names). Stored sides (`--doc-vectors`, `--query-vectors`) replace the
+    encoders they stand for; a baseline that needs vectors nobody stored raises `SkippedSystem` with the
+    reason."""
     if spec in BASELINES:
-        query_model = {"doc2doc": doc_encoder, "query2query": query_encoder, "query2doc": query_encoder}[spec]
-        doc_model = {"doc2doc": doc_encoder, "query2query": query_encoder, "query2doc": doc_encoder}[spec]
-        if query_model is None or doc_model is None:
-            raise ValueError(f"system {spec} needs --query-encoder and --doc-encoder.")
-        query_side = encoders.get(query_model, query_template=BARE_QUERY_TEMPLATE)
-        doc_side = encoders.get(doc_model, query_template=BARE_QUERY_TEMPLATE)
-        info = {"kind": "baseline", "query_encoder": query_side.model_id, "doc_encoder": doc_side.model_id}
+        def side(model: str | None, stored: Any, flag: str) -> Any:
+            if stored is not None:
+                return stored
+            if model is None:
+                raise ValueError(f"system {spec} needs --{flag}-encoder (or stored vectors: see --help).")
+            return EncoderSide(encoders.get(model, query_template=BARE_QUERY_TEMPLATE))
+
+        query_space = None if spec == "doc2doc" else side(args.query_encoder, stored_query, "query")
+        doc_space = None if spec == "query2query" else side(args.doc_encoder, stored_doc, "doc")
+        query_side, doc_side = {"doc2doc": (doc_space, doc_space), "query2query": (query_space, query_space),
+                                "query2doc": (query_space, doc_space)}[spec]
+        try:
+            query_side.require("query", spec)
+            doc_side.require("doc", spec)
+        except VectorSourceError as why:
+            raise SkippedSystem(str(why)) from why
+        info = {"kind": "baseline", "query_encoder": query_side.name, "doc_encoder": doc_side.name,
+                "doc_side": doc_side.kind}
         return System(spec, query_side, doc_side, info=info)
     try:
         config = model.config if model is not None else EraConfig.from_pretrained(spec)
@@ -114,28 +137,38 @@ def build_system(spec: str, encoders: Encoders, query_encoder: str | None, doc_e
         where = "the folder is not an ERA adapter" if Path(spec).is_dir() else \
             "no such adapter folder, and it could not be loaded as a Hub id"
         raise ValueError(f"--system {spec!r}: {where} ({reason}). {_VALID_SYSTEMS}") from error
-    query_side = query_side_encoder(config, make=encoders.get)
     query_model = None
     if model is not None:
         adapter = model.eval()
     elif getattr(config, "lora_config", None):
         # A fresh backbone (the LoRA is injected into it), from the same resolved copy the encoders use.
-        backbone = AutoModel.from_pretrained(query_side.path)
-        query_model = EraQueryEncoder.from_pretrained(spec, backbone=backbone, tokenizer=query_side.tokenizer)
-        query_model.to(query_side.device)
+        backbone_side = query_side_encoder(config, make=encoders.get)
+        backbone = AutoModel.from_pretrained(backbone_side.path)
+        query_model = EraQueryEncoder.from_pretrained(spec, backbone=backbone, tokenizer=backbone_side.tokenizer)
+        query_model.to(backbone_side.device)
         adapter = query_model
     else:
         adapter = EraAdapter.from_pretrained(spec).eval()
-    if doc_encoder is not None:
-        adapter.check_doc_encoder(doc_encoder)
-    doc_side = encoders.get(config.doc_encoder, revision=config.doc_encoder_revision, query_template=BARE_QUERY_TEMPLATE)
+    if args.doc_encoder is not None:
+        adapter.check_doc_encoder(args.doc_encoder)
+    doc_side = stored_doc if stored_doc is not None else adapter_doc_side(
+        adapter, args, where=str(spec), make=lambda model, revision: encoders.get(
+            model, revision=revision, query_template=BARE_QUERY_TEMPLATE))
+    if stored_doc is not None:
+        if args.doc_encoder_name:
+            adapter.check_doc_encoder(args.doc_encoder_name)
+        adapter.check_doc_encoder(stored_doc.documents_source)
     adapter.check_doc_encoder(dim=doc_side.dim)
+    query_side = None if query_model is not None else adapter_query_side(
+        config, stored_queries=stored_query, doc_side=doc_side, make=encoders.get)
     metadata = config.training_metadata
     info = {
         "kind": "adapter",
         "path": str(spec),
         "query_encoder": config.query_encoder,
         "doc_encoder": config.doc_encoder,
+        "doc_side": doc_side.kind,
+        "query_side": getattr(config, "query_encoder_kind", "model"),
         "adapter_type": config.adapter_type,
         "mode": metadata.get("mode"),
         "label_budget": metadata.get("label_budget"),
@@ -198,31 +231,41 @@ def prepare_task(
 
 
 def search_task(
-    system: System, run: TaskRun, k: int, ann: dict[str, Any] | None, embed_kwargs: dict[str, Any]
+    system: System, run: TaskRun, k: int, ann: dict[str, Any] | None, embed_kwargs: dict[str, Any],
+    index: VectorSource | None = None, index_params: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Embed, search and score one system on one task; per-query metrics plus timings."""
+    """Embed, search and score one system on one task; per-query metrics plus timings. With an `index`
+    (a database), the search is the database's own, and its recall against exact search is reported."""
     task = run.task
     by_id = {query.qid: query for query in task.queries}
     queries = [by_id[qid] for qid in run.test_qids]
     started = time.perf_counter()
-    doc_vectors = system.embed_documents(task.doc_texts, **embed_kwargs)
-    query_vectors = system.embed_queries([q.query for q in queries], [q.instruction for q in queries], **embed_kwargs)
-    embedded = time.perf_counter()
-    depth = min(k + int(task.ignore_identical_ids), len(task.doc_ids))
-    scores, indices = exact_search(query_vectors, doc_vectors, depth)
-    ann_recall = None
+    query_vectors = system.embed_queries(task, queries, **embed_kwargs)
+    doc_ids = task.doc_ids
+    if index is not None:
+        embedded = time.perf_counter()
+        depth = min(k + int(task.ignore_identical_ids), index.num_rows)
+        scores, indices, doc_ids, ann_recall = search_index(index, query_vectors, depth, task.doc_ids,
+                                                            index_params or {})
+    else:
+        doc_vectors = system.embed_documents(task, **embed_kwargs)
+        embedded = time.perf_counter()
+        depth = min(k + int(task.ignore_identical_ids), len(task.doc_ids))
+        scores, indices = exact_search(query_vectors, doc_vectors, depth)
+        ann_recall = None
     if ann:
         index = build_ann_index(doc_vectors, **ann)
         ann_scores, ann_indices = ann_search(index, query_vectors, depth)
         ann_recall = recall_against_exact(ann_indices, indices, depth)
         scores, indices = ann_scores, ann_indices
     if task.ignore_identical_ids:
-        scores, indices = drop_identical_ids(scores, indices, run.test_qids, task.doc_ids, k)
+        scores, indices = drop_identical_ids(scores, indices, run.test_qids, doc_ids, k)
     searched = time.perf_counter()
-    per_query = per_query_metrics_ranked(indices, task.doc_ids, run.test_qids, run.qrels, scores)
+    per_query = per_query_metrics_ranked(indices, doc_ids, run.test_qids, run.qrels, scores)
     return {
         "per_query": per_query,
         "indices": indices,
+        "doc_ids": doc_ids,
         "scores": scores,
         "seconds_embed": embedded - started,
         "seconds_search": searched - embedded,
@@ -231,7 +274,7 @@ def search_task(
 
 
 @dataclass(kw_only=True)
-class EvaluateArguments(DataArguments):
+class EvaluateArguments(VectorArguments, DataArguments):
     """What to score, on which test queries, and where the report goes."""
 
     systems: list[str] = option(help="doc2doc, query2query, query2doc, or an adapter folder / Hub id "
@@ -248,7 +291,11 @@ class EvaluateArguments(DataArguments):
                                      valid=AT_LEAST_ONE)
     k: int = option(100, help="search depth (the metrics need 100)", valid=AT_LEAST_ONE)
     ann: Literal["ivf", "hnsw"] | None = option(None, help="approximate search instead of exact; reports its recall")
-    ann_param: list[str] = option(help="ANN setting key=value, e.g. nlist=1024, nprobe=32, M=32, efSearch=128",
+    index: str | None = option(None, help="search through this vector database (lancedb://PATH?table=T or a faiss "
+                                          "index file: its own exact or ANN search) and report its recall against "
+                                          "exact search; also the default --doc-vectors")
+    ann_param: list[str] = option(help="ANN setting key=value, e.g. nlist=1024, nprobe=32, M=32, efSearch=128; with "
+                                       "--index: nprobes, refine_factor (LanceDB) or nprobe, efSearch (faiss)",
                                   default_factory=list, action="extend")
     ignore_identical_ids: Literal["auto", "on", "off"] = option(
         "auto", help="do not count a retrieved doc whose id is the query's (auto: per task, on for ArguAna)")
@@ -267,14 +314,26 @@ class EvaluateArguments(DataArguments):
         if self.record and self.all_queries:
             raise ValueError("--record stores test metrics in adapter cards; --all-queries scores training queries "
                              "too. Drop one of them.")
+        if self.query_encoder is not None and (self.query_vectors or self.query_doc_vectors):
+            raise ValueError("give --query-encoder (a model ERA runs) or --query-vectors (stored vectors), not both.")
+        if self.index is not None:
+            if self.doc_encoder is not None:
+                raise ValueError("--index reads the documents' vectors from the database; drop --doc-encoder.")
+            if self.ann is not None:
+                raise ValueError("--index searches through the database's own index; drop --ann.")
+            if self.max_docs is not None:
+                raise ValueError("--index searches the database's whole table; drop --max-docs (a capped corpus is "
+                                 "not what the database serves).")
+            self.doc_vectors = self.doc_vectors or self.index
+        self.check_doc_side(self.doc_encoder)
         self.ann_settings()  # refuse a malformed --ann-param now
 
     def ann_settings(self) -> dict[str, Any] | None:
-        if self.ann is None:
+        if self.ann is None and self.index is None:
             if self.ann_param:
-                raise ValueError("--ann-param needs --ann ivf|hnsw.")
+                raise ValueError("--ann-param needs --ann ivf|hnsw or --index.")
             return None
-        settings: dict[str, Any] = {"kind": self.ann}
+        settings: dict[str, Any] = {"kind": self.ann} if self.ann else {}
         for item in self.ann_param:
             key, sep, value = item.partition("=")
             if not sep or not value.strip().isdigit():
@@ -310,35 +369,56 @@ def run_evaluation(args: EvaluateArguments, tasks: list[Task] | None = None,
         if spec not in models:
             check_system(spec)
     encoders = Encoders(args.cache_dir, args.batch_size)
-    adapters = [build_system(spec, encoders, args.query_encoder, args.doc_encoder, models.get(spec))
-                for spec in args.systems if spec not in BASELINES]
+    stored_doc, stored_query = doc_side_from(args), query_side_from(args)
+    adapters, skipped = [], {}
+    for spec in args.systems:
+        if spec not in BASELINES:
+            adapters.append(build_system(spec, encoders, args, stored_doc, stored_query, models.get(spec)))
     query_encoder, doc_encoder = _baseline_encoders(args, adapters)
+    baseline_args = dataclasses.replace(args, query_encoder=query_encoder, doc_encoder=doc_encoder)
     wanted = list(args.systems)
     if args.record:  # a card shows its adapter next to the index and the re-index, on the same queries
         wanted = [name for name in ("doc2doc", "query2query") if name not in wanted] + wanted
     by_spec = dict(zip([spec for spec in args.systems if spec not in BASELINES], adapters))
-    built = [build_system(spec, encoders, query_encoder, doc_encoder) if spec in BASELINES else by_spec[spec]
-             for spec in wanted]
+    built = []
+    for spec in wanted:
+        try:
+            built.append(by_spec[spec] if spec in by_spec else
+                         build_system(spec, encoders, baseline_args, stored_doc, stored_query))
+        except SkippedSystem as why:
+            skipped[spec] = str(why)
+            logger.warning("not scoring %s: %s", spec, why)
     names = [system.name for system in built]
     if len(set(names)) != len(names):
         raise ValueError(f"two systems share a name ({names}); put the adapters in folders with distinct names.")
+    if not built:
+        raise ValueError(f"no system can be scored: {skipped}")
     loaded = stage_tasks(args, tasks)
     if args.ignore_identical_ids != "auto":
         loaded = [dataclasses.replace(task, ignore_identical_ids=args.ignore_identical_ids == "on") for task in loaded]
     runs = [prepare_task(task, args.split_seed, args.max_docs, args.max_queries, args.all_queries, args.test_fraction)
             for task in loaded]
     _refuse_leaks(built, runs)
-    ann = args.ann_settings()
+    _prepare_stored(runs, [side for side in (stored_query, stored_doc) if side is not None])
+    ann = args.ann_settings() if args.ann else None
+    index_params = args.ann_settings() if args.index else None
+    index = None if args.index is None else stored_doc.documents_source if args.index == args.doc_vectors else \
+        open_source(args.index, "--index", id_column=args.id_column, vector_column=args.vector_column)
     embed_kwargs = {"cache_dir": args.cache_dir, "batch_size": args.batch_size}
     raw: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for run in runs:
         for system in built:
             logger.info("evaluating %s on %s (%d docs, %d queries)", system.name, run.task.name,
                         len(run.task.doc_ids), len(run.test_qids))
-            raw[system.name][run.task.name] = search_task(system, run, args.k, ann, embed_kwargs)
+            through = index if index is not None and system.doc_side is stored_doc else None
+            raw[system.name][run.task.name] = search_task(system, run, args.k, ann, embed_kwargs, through,
+                                                          index_params)
     report = _report(built, runs, raw, label_budget=args.label_budget, split_seed=args.split_seed,
                      max_docs=args.max_docs, max_queries=args.max_queries, k=args.k, ann=ann,
-                     all_queries=args.all_queries, test_fraction=args.test_fraction)
+                     all_queries=args.all_queries, test_fraction=args.test_fraction, index=args.index,
+                     index_params=index_params, skipped=skipped,
+                     stored={"doc": stored_doc.record() if stored_doc else None,
+                             "query": stored_query.record() if stored_query else None})
     if args.output is not None:
         write_outputs(Path(args.output), report, built, runs, raw)
     if args.record:
@@ -347,10 +427,10 @@ def run_evaluation(args: EvaluateArguments, tasks: list[Task] | None = None,
 
 
 def _baseline_encoders(args: EvaluateArguments, adapters: list[System]) -> tuple[str | None, str | None]:
-    """--query-encoder / --doc-encoder, else the encoders the adapters name (when they agree)."""
+    """--query-encoder / --doc-encoder, else the encoders the adapters name (when they agree and are models)."""
     found = []
     for given, key in ((args.query_encoder, "query_encoder"), (args.doc_encoder, "doc_encoder")):
-        names = {system.info[key] for system in adapters}
+        names = {system.info[key] for system in adapters if system.info.get(key.replace("encoder", "side")) != "external"}
         found.append(given if given is not None or len(names) != 1 else names.pop())
     return found[0], found[1]
 
@@ -366,6 +446,15 @@ def _refuse_leaks(built: list[System], runs: list[TaskRun]) -> None:
                     f"{run.task.name!r} (e.g. {sorted(leaked)[0]!r}): its split differs from this evaluation's. "
                     f"Evaluate with the split it was trained with (--split-seed, --test-fraction, --test-qrels)."
                 )
+
+
+def _prepare_stored(runs: list[TaskRun], sides: list[Any]) -> None:
+    """Check stored vectors against every (capped) corpus; `--missing-vectors skip` narrows the corpora,
+    for every system alike."""
+    for side in sides:
+        for run, task in zip(runs, side.prepare([run.task for run in runs])):
+            run.capped = run.capped or task is not run.task
+            run.task = task
 
 
 def _mean(values: dict[str, np.ndarray]) -> dict[str, float]:

@@ -165,6 +165,13 @@ def export_sentence_transformer(
             "with AutoModel.from_pretrained(..., trust_remote_code=True): the export needs a plain query encoder."
         )
     _check_exportable(config.adapter_type)
+    external = [side for side in ("query", "doc") if getattr(config, f"{side}_encoder_kind", "model") == "external"]
+    if external and not (external == ["doc"] and doc_encoder_path is not None):
+        raise ValueError(
+            f"{adapter_dir} was trained on stored vectors of an external {' and '.join(external)} encoder "
+            f"({', '.join(getattr(config, f'{side}_encoder') for side in external)}), which a SentenceTransformer cannot "
+            "run; search your index with AutoModel.from_pretrained(..., trust_remote_code=True) instead "
+            "(docs/stored_vectors.md).")
     prompt = st_prompt(config)  # refuse unexportable templates before any heavy loading
     adapter, bundled = _load_adapter(adapter_dir, config, **hub_kwargs)
     weight, bias = adapter_linear_map(adapter, config.adapter_type)

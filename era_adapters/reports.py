@@ -23,7 +23,8 @@ def write_outputs(folder: Path, report: dict[str, Any], built, runs, raw) -> Non
             outcome = raw[system.name][run.task.name]
             atomic_write(
                 folder / "runs" / _safe(system.name) / f"{_safe(run.task.name)}.trec",
-                trec_run(run.test_qids, run.task.doc_ids, outcome["indices"], outcome["scores"], system.name),
+                trec_run(run.test_qids, outcome.get("doc_ids", run.task.doc_ids), outcome["indices"], outcome["scores"],
+                         system.name),
             )
     plot_ndcg(report, folder / "ndcg10.png")
 
@@ -63,6 +64,14 @@ def markdown_table(report: dict[str, Any], metric: str = "ndcg@10") -> str:
         f"\n{metric} on each task's test queries; (Δ vs doc2doc, paired sign-flip p-value; * p<0.05). "
         "Macro p-value pools the queries of all tasks.\n"
     )
+    settings = report.get("settings", {})
+    for name, reason in settings.get("skipped", {}).items():
+        note += f"\n{name} was not scored: {reason}\n"
+    if settings.get("index"):
+        recalls = {name: [entry["ann_recall"] for entry in result["tasks"].values() if "ann_recall" in entry]
+                   for name, result in results.items()}
+        note += f"\nSearched through {settings['index']}; recall@k against exact search: " + ", ".join(
+            f"{name} {np.mean(values):.4f}" for name, values in recalls.items() if values) + "\n"
     return "\n".join(lines) + "\n" + note + "\n" + _main_metrics(report, sum(counts.values())) + _below_index(results)
 
 

@@ -28,8 +28,8 @@ import sys
 import faiss
 import numpy as np
 
-__all__ = ["exact_search", "build_ann_index", "ann_search", "recall_against_exact", "drop_identical_ids",
-           "rank_for_queries"]
+__all__ = ["exact_search", "exact_search_chunks", "build_ann_index", "ann_search", "recall_against_exact", "drop_identical_ids",
+           "rank_for_queries", "release_pages"]
 
 _IP = faiss.METRIC_INNER_PRODUCT
 # Largest (rows x chunk) block of full scores used to settle ties at the k-th place (~48 MB).
@@ -100,22 +100,35 @@ def exact_search(
     OS once searched (``madvise(MADV_DONTNEED)``), so resident memory stays about one chunk even
     when the whole file is scanned. The page cache is left alone.
     """
-    k = _check_k(k)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     docs = _check_docs(docs)
-    queries = _check_queries(queries, docs.shape[1])
-    n, n_docs = queries.shape[0], docs.shape[0]
-    k = min(k, n_docs)
+
+    def chunks():
+        for start in range(0, docs.shape[0], int(chunk_size)):
+            view = docs[start : start + int(chunk_size)]
+            yield view
+            release_pages(view)
+
+    return exact_search_chunks(queries, chunks(), k, docs.shape[1])
+
+
+def exact_search_chunks(queries: np.ndarray, chunks, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_search` over a corpus given as an iterable of (rows, dim) chunks in corpus order (e.g. a
+    stored-vector source read batch by batch): the same results, the same tie rule, one chunk in memory."""
+    k = _check_k(k)
+    queries = _check_queries(queries, dim)
+    n = queries.shape[0]
     best_s = np.empty((n, 0), dtype=np.float32)
     best_i = np.empty((n, 0), dtype=np.int64)
-    if n == 0 or k == 0:
-        return np.empty((n, k), np.float32), np.empty((n, k), np.int64)
-    for start in range(0, n_docs, int(chunk_size)):
-        view = docs[start : start + int(chunk_size)]
-        s, i = _chunk_topk(queries, np.ascontiguousarray(view, dtype=np.float32), k)
-        best_s, best_i = _merge(best_s, best_i, s, i + start, k)
-        _release_pages(view)
+    start = 0
+    for chunk in chunks:
+        if n:
+            s, i = _chunk_topk(queries, np.ascontiguousarray(chunk, dtype=np.float32), k)
+            best_s, best_i = _merge(best_s, best_i, s, i + start, k)
+        start += len(chunk)
+    if n == 0:
+        return np.empty((n, min(k, start)), np.float32), np.empty((n, min(k, start)), np.int64)
     return best_s, best_i
 
 
@@ -153,7 +166,7 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 _MADV_DONTNEED = 4
 
 
-def _release_pages(view: np.ndarray) -> None:
+def release_pages(view: np.ndarray) -> None:
     """Best effort: unmap the full pages of a searched chunk of a shared, file-backed memmap.
 
     Only shared mappings are touched (their pages live in the page cache, so a later access just

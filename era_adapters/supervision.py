@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -17,11 +18,11 @@ from accelerate import Accelerator
 from torch import nn
 
 from era_adapters.align import sample_texts
-from era_adapters.cache import embed_documents, embed_texts
 from era_adapters.data import Query, Task, cap_corpus
-from era_adapters.encoders import BARE_QUERY_TEMPLATE, TextEncoder
+from era_adapters.encoders import BARE_QUERY_TEMPLATE
 from era_adapters.metrics import per_query_metrics_ranked
 from era_adapters.search import rank_for_queries
+from era_adapters.sides import as_side
 from era_adapters.splits import LabelSelection, TaskSplit, make_split, resolve_validation, select_labels
 from modeling_era.modeling_era import format_prompt
 
@@ -87,28 +88,31 @@ def load_adapt_data(
     validation: str = "auto",
     split_seed: int,
     test_fraction: float = 0.5,
-    query_encoder: TextEncoder,
-    doc_encoder: TextEncoder,
+    query_encoder: Any,
+    doc_encoder: Any,
     max_docs: int | None,
     cache_dir: str | os.PathLike | None,
     accelerator: Accelerator | None,
     align_texts: int = 0,
     align_seed: int = 0,
 ) -> AdaptData:
-    """Split, select (`labels`: the options of `select_labels`), cap and embed (through the cache) what
-    stage 2 needs; test queries stay untouched. `validation` as `resolve_validation` takes it: with
-    "kfold" the held-out queries train too, and the folds are cut later (`fold_data`)."""
+    """Split, select (`labels`: the options of `select_labels`), cap and embed (through the cache, or read
+    from stored vectors) what stage 2 needs; test queries stay untouched. `validation` as
+    `resolve_validation` takes it: with "kfold" the held-out queries train too, and the folds are cut later
+    (`fold_data`). `query_encoder` / `doc_encoder`: a `TextEncoder` or a side (`era_adapters.sides`): the
+    query side gives the adapter's input, the doc side the corpus."""
+    query_side, doc_side = as_side(query_encoder), as_side(doc_encoder)
     splits = [make_split(task, seed=split_seed, test_fraction=test_fraction) for task in tasks]  # the evaluation's
     selections = [select_labels(split, **labels) for split in splits]
     strategy = resolve_validation(validation, selections)
     embed = {"cache_dir": cache_dir, "accelerator": accelerator}
-    doc_blocks, views, capped_tasks = [], [], []
+    doc_blocks, views = [], []
     train_queries, train_prompts, train_qids, train_task, positives, grades, own = [], [], [], [], [], [], []
     train_qrels: list[dict[str, int]] = []
     offset = 0
-    for index, (task, split, selection) in enumerate(zip(tasks, splits, selections)):
-        capped = cap_corpus(task, max_docs, seed=split_seed)  # the evaluation's cap
-        capped_tasks.append(capped)
+    capped_tasks = [cap_corpus(task, max_docs, seed=split_seed) for task in tasks]  # the evaluation's cap
+    capped_tasks = doc_side.prepare(query_side.prepare(capped_tasks))  # stored vectors checked against them
+    for index, (task, split, selection, capped) in enumerate(zip(tasks, splits, selections, capped_tasks)):
         train_ids = selection.train_qids + (selection.val_qids if strategy == "kfold" else [])
         val_ids = [] if strategy == "kfold" else selection.val_qids
         overlap = (set(train_ids) | set(val_ids)) & set(split.test_qids)
@@ -116,13 +120,17 @@ def load_adapt_data(
             raise AssertionError(f"task {task.name}: test queries {sorted(overlap)[:3]} in the training split")
         by_id = {query.qid: query for query in task.queries}
         row_of = {doc_id: row for row, doc_id in enumerate(capped.doc_ids)}
-        doc_blocks.append(embed_documents(doc_encoder, capped.doc_texts, **embed))
-        train = [by_id[qid] for qid in train_ids]
+        doc_blocks.append(doc_side.documents(capped, **embed))
+        train = [by_id[qid] for qid in train_ids if _has_positive_in(by_id[qid], row_of)]
+        if len(train) < len(train_ids):  # only when documents without a stored vector were left out
+            warnings.warn(f"task {task.name}: {len(train_ids) - len(train)} training queries have no relevant document "
+                          "left in the corpus and are not used.", stacklevel=2)
         val = [by_id[qid] for qid in val_ids]
-        prompts = [query_encoder.format_query(q.query, q.instruction) for q in train + val]
-        vectors = embed_texts(query_encoder, prompts, **embed)
+        prompts = [query_side.format_query(q.query, q.instruction) for q in train + val]
+        vectors = query_side.queries(capped, train + val, **embed)
         for query in train:
-            labels_ = [(row_of[doc_id], grade) for doc_id, grade in query.labels.items() if grade > 0]
+            labels_ = [(row_of[doc_id], grade) for doc_id, grade in query.labels.items()
+                       if grade > 0 and doc_id in row_of]
             positives.append([offset + row for row, _ in labels_])
             grades.append([grade for _, grade in labels_])
             identical = row_of.get(query.qid) if capped.ignore_identical_ids else None
@@ -136,7 +144,7 @@ def load_adapt_data(
             name=task.name, doc_ids=list(capped.doc_ids), offset=offset,
             ignore_identical_ids=capped.ignore_identical_ids, split=split, val_qids=[q.qid for q in val],
             val_qrels={q.qid: q.labels for q in val}, val_queries=vectors[len(train):],
-            val_prompts=prompts[len(train):], val_doc2doc=doc2doc_queries(doc_encoder, val, embed),
+            val_prompts=prompts[len(train):], val_doc2doc=doc2doc_queries(doc_side, capped, val, embed),
             selection=selection,
         ))
         offset += len(capped.doc_ids)
@@ -154,21 +162,26 @@ def load_adapt_data(
         validation=strategy,
     )
     if strategy == "kfold":
-        by_task = [{query.qid: query for query in task.queries} for task in tasks]
-        data.train_doc2doc = doc2doc_queries(
-            doc_encoder, [by_task[t][qid] for qid, t in zip(train_qids, data.train_task)], embed)
+        data.train_doc2doc = _train_doc2doc(doc_side, tasks, capped_tasks, train_qids, data.train_task, embed)
     if align_texts > 0:
-        sample = sample_texts(capped_tasks, align_texts, align_seed, query_encoder)  # stage 1's: cache hits
-        data.align_queries = embed_texts(query_encoder, sample.query_side, **embed)
-        data.align_targets = embed_texts(doc_encoder, sample.doc_side, **embed)
+        sample = sample_texts(capped_tasks, align_texts, align_seed, query_side)  # stage 1's: cache hits
+        data.align_queries = query_side.texts(sample.query_side, sample.keys, **embed)
+        data.align_targets = doc_side.texts(sample.doc_side, sample.keys, **embed)
         data.align_texts = list(sample.query_side)
     return data
 
 
-def doc2doc_queries(doc_encoder: TextEncoder, queries: Sequence[Query], embed: dict[str, Any]) -> np.ndarray:
-    """D's vectors of the queries as the doc2doc baseline embeds them (bare query, as evaluate does)."""
-    return embed_texts(doc_encoder, [format_prompt(BARE_QUERY_TEMPLATE, q.query, q.instruction) for q in queries],
-                       **embed)
+def doc2doc_queries(doc_side: Any, task: Task, queries: Sequence[Query], embed: dict[str, Any]) -> np.ndarray | None:
+    """D's vectors of the queries as the doc2doc baseline sees them (the bare query, as evaluate embeds
+    it; stored: the index's own query vectors); None when D cannot give them (stored doc vectors without
+    --doc-query-vectors): doc2doc is then not scored."""
+    doc_side = as_side(doc_side)
+    if doc_side.kind == "model":
+        prompts = [format_prompt(BARE_QUERY_TEMPLATE, q.query, q.instruction) for q in queries]
+        return doc_side.texts(prompts, [("query", q.qid) for q in queries], **embed)
+    if getattr(doc_side, "queries_source", None) is None:
+        return None
+    return doc_side.queries(task, queries, **embed)
 
 
 def fold_data(data: AdaptData, val_rows: np.ndarray) -> AdaptData:
@@ -181,13 +194,13 @@ def fold_data(data: AdaptData, val_rows: np.ndarray) -> AdaptData:
         views.append(dataclasses.replace(
             view, val_qids=qids, val_qrels={data.train_qids[row]: data.train_qrels[row] for row in rows},
             val_queries=data.train_queries[rows], val_prompts=[data.train_prompts[row] for row in rows],
-            val_doc2doc=data.train_doc2doc[rows]))
+            val_doc2doc=None if data.train_doc2doc is None else data.train_doc2doc[rows]))
     return dataclasses.replace(
         data, train_queries=data.train_queries[keep], train_prompts=[data.train_prompts[row] for row in keep],
         train_qids=[data.train_qids[row] for row in keep], train_task=data.train_task[keep],
         positives=data.positives[keep], grades=data.grades[keep], own_doc=data.own_doc[keep], tasks=views,
-        train_qrels=[data.train_qrels[row] for row in keep], train_doc2doc=data.train_doc2doc[keep],
-        validation="holdout")
+        train_qrels=[data.train_qrels[row] for row in keep],
+        train_doc2doc=None if data.train_doc2doc is None else data.train_doc2doc[keep], validation="holdout")
 
 
 def validation_score(data: AdaptData, vectors_of: Any) -> float:
@@ -199,8 +212,29 @@ def validation_score(data: AdaptData, vectors_of: Any) -> float:
 
 
 def doc2doc_validation(data: AdaptData) -> float:
-    """doc2doc (the index as it is: D on both sides) on the same validation queries."""
+    """doc2doc (the index as it is: D on both sides) on the same validation queries; NaN when D's query
+    vectors are not available (stored doc vectors without --doc-query-vectors)."""
+    if any(view.val_qids and view.val_doc2doc is None for view in data.tasks):
+        return float("nan")
     return validation_score(data, lambda index, view: view.val_doc2doc)
+
+
+def _train_doc2doc(doc_side: Any, tasks: Sequence[Task], capped_tasks: Sequence[Task], train_qids: list[str],
+                   train_task: np.ndarray, embed: dict[str, Any]) -> np.ndarray | None:
+    """doc2doc's query vectors of every training query (cross-validation scores it on each fold)."""
+    blocks = []
+    for index, (task, capped) in enumerate(zip(tasks, capped_tasks)):
+        by_id = {query.qid: query for query in task.queries}
+        block = doc2doc_queries(doc_side, capped, [by_id[qid] for qid, t in zip(train_qids, train_task) if t == index],
+                                embed)
+        if block is None:
+            return None
+        blocks.append(block)
+    return np.concatenate(blocks)
+
+
+def _has_positive_in(query: Any, row_of: dict[str, int]) -> bool:
+    return any(grade > 0 and doc_id in row_of for doc_id, grade in query.labels.items())
 
 
 def task_ndcg(view: TaskView, doc_vectors: np.ndarray, adapted: np.ndarray) -> float:

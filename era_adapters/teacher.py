@@ -31,16 +31,13 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from modeling_era import EraConfig
-
 from era_adapters.arguments import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, Settings, option
-from era_adapters.artifacts import query_side_encoder, query_side_settings
-from era_adapters.cache import embed_documents, embed_texts
-from era_adapters.data import Query, Task, cap_corpus
-from era_adapters.encoders import TextEncoder
+from era_adapters.data import Query, Task, cap_corpus, select_docs
+from era_adapters.encoders import FusedEncoder
 from era_adapters.losses import distillation_loss
 from era_adapters.readers import DataError, read_query_log
 from era_adapters.search import exact_search
+from era_adapters.sides import EncoderSide, FusedSide, as_side
 from era_adapters.splits import make_split
 from era_adapters.supervision import doc2doc_queries
 
@@ -67,16 +64,6 @@ class TeacherSettings(Settings):
                                              "candidates, drawn afresh every time", valid=NON_NEGATIVE)
     teacher_temperature: float = option(0.05, help="temperature of the teacher's softmax", valid=POSITIVE)
     student_temperature: float = option(0.05, help="temperature of the adapter's softmax", valid=POSITIVE)
-
-
-def teacher_encoders(config: EraConfig, cache_dir: str | os.PathLike | None, batch_size: int) -> tuple[Any, TextEncoder,
-                                                                                                   TextEncoder]:
-    """What embeds the adapter's input, Q as the teacher uses it (its prompt too), and D (the index's)."""
-    student = query_side_encoder(config, cache_dir=cache_dir, batch_size=batch_size)
-    strong = TextEncoder(**query_side_settings(config), cache_dir=cache_dir, batch_size=batch_size)
-    doc = TextEncoder(config.doc_encoder, revision=config.doc_encoder_revision, cache_dir=cache_dir,
-                      batch_size=batch_size)
-    return student, strong, doc
 
 
 def unlabeled_queries(task: Task, test_qids: Sequence[str], log: Sequence[Query] | None = None,
@@ -134,9 +121,9 @@ def build_targets(
     tasks: Sequence[Task],
     queries: Sequence[Sequence[Query]],
     *,
-    student_encoder: Any,
-    strong_encoder: TextEncoder,
-    doc_encoder: TextEncoder,
+    student_side: Any,
+    strong_side: Any,
+    doc_side: Any,
     settings: TeacherSettings,
     max_docs: int | None,
     split_seed: int,
@@ -144,32 +131,35 @@ def build_targets(
     cache_dir: str | os.PathLike | None = None,
     accelerator: Any = None,
 ) -> TeacherTargets:
-    """Embed (through the cache) and assemble the targets of `queries[i]` over task i's capped corpus.
-    `student_encoder` embeds what the adapter reads (a TextEncoder, or a FusedEncoder for fusion);
-    `strong_encoder` is Q as the teacher uses it, on documents too; `doc_encoder` is D, the index's."""
+    """Embed (through the cache) or read (stored vectors) and assemble the targets of `queries[i]` over
+    task i's capped corpus. Sides (`era_adapters.sides`, or encoders): `student_side` gives what the
+    adapter reads, `strong_side` is Q as the teacher uses it (queries and pool documents), `doc_side` is
+    D, the index (documents and, for the candidates, the queries as doc2doc sees them)."""
     embed = {"cache_dir": cache_dir, "accelerator": accelerator}
+    student_side, strong_side, doc_side = as_side(student_side), as_side(strong_side), as_side(doc_side)
+    doc_side.require("query", "distillation (each query's candidates come from the index, D(q)·D(d))")
+    strong_side.require("doc", "the teacher (Q(q)·Q(d) over the teacher pool)")
     parts: dict[str, list[Any]] = {name: [] for name in ("inputs", "strong", "light", "pool_strong", "pool_light",
                                                          "top", "exclude", "task_of", "qids")}
     pool_start, pool_size, cost, offset = [], [], {}, 0
     for index, (task, task_queries) in enumerate(zip(tasks, queries)):
         if not task_queries:
             continue
-        capped = cap_corpus(task, max_docs, seed=split_seed)
-        docs = embed_documents(doc_encoder, capped.doc_texts, **embed)
-        prompts = [student_encoder.format_query(q.query, q.instruction) for q in task_queries]
-        inputs = embed_texts(student_encoder, prompts, **embed)
-        strong = embed_texts(strong_encoder, [strong_encoder.format_query(q.query, q.instruction)
-                                              for q in task_queries], **embed)
-        light = doc2doc_queries(doc_encoder, task_queries, embed)  # D(q) as the index's own query side
+        capped = doc_side.prepare([cap_corpus(task, max_docs, seed=split_seed)])[0]
+        docs = doc_side.documents(capped, **embed)
+        inputs = student_side.queries(capped, task_queries, **embed)
+        strong = strong_side.queries(capped, task_queries, **embed)
+        light = doc2doc_queries(doc_side, capped, task_queries, embed)  # D(q) as the index's own query side
         own = _own_documents(capped, task_queries)
         top = _top_documents(light, docs, own, settings.candidates)
         pool = teacher_pool(top, len(capped.doc_ids), settings.teacher_docs, seed)
         started = time.perf_counter()
-        pool_texts = [capped.doc_texts[int(row)] for row in pool]
-        pool_strong = embed_documents(strong_encoder, pool_texts, **embed)
+        pool_strong = strong_side.documents(select_docs(capped, pool), **embed)
         cost[task.name] = {"documents_embedded_by_q": int(len(pool)), "seconds": time.perf_counter() - started,
                            "teacher_docs_budget": settings.teacher_docs, "capped_corpus": len(capped.doc_ids),
                            "full_corpus": len(task.doc_ids), "unlabeled_queries": len(task_queries)}
+        if len(pool) == len(capped.doc_ids):
+            cost[task.name]["note"] = "the budget covers the whole (capped) corpus: the teacher re-indexes it"
         position = np.full(len(capped.doc_ids), -1, dtype=np.int64)
         position[pool] = offset + np.arange(len(pool))
         parts["inputs"].append(inputs)
@@ -185,7 +175,7 @@ def build_targets(
         pool_size.append(len(pool))
         offset += len(pool)
         logger.info("teacher for %s: %d unlabeled queries, %d of %d documents through %s", task.name,
-                    len(task_queries), len(pool), len(capped.doc_ids), strong_encoder.model_id)
+                    len(task_queries), len(pool), len(capped.doc_ids), strong_side.name)
     if not parts["qids"]:
         raise DataError("no unlabeled queries to distil on: every task's queries are test queries (or left out); "
                         "pass a query log with --query-log.")
@@ -196,6 +186,18 @@ def build_targets(
         np.concatenate(parts["top"]), np.concatenate(parts["exclude"]), np.concatenate(parts["task_of"]),
         np.asarray(pool_start, dtype=np.int64), np.asarray(pool_size, dtype=np.int64), parts["qids"], cost,
     )
+
+
+def strong_side_of(query_side: Any) -> Any:
+    """Q alone, as the teacher uses it, from the side that gives an adapter its input (a fusion adapter's
+    input also holds D(q): its strong half is Q)."""
+    query_side = as_side(query_side)
+    if isinstance(query_side, FusedSide):
+        return query_side.parts[0]
+    encoder = getattr(query_side, "encoder", None)
+    if isinstance(encoder, FusedEncoder):
+        return EncoderSide(encoder.strong)
+    return query_side
 
 
 def _own_documents(capped: Task, queries: Sequence[Query]) -> np.ndarray:

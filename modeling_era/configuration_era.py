@@ -13,6 +13,7 @@ ADAPTER_TYPES = ("linear", "low_rank", "mlp", "fusion")
 FUSION_BRANCHES = ("linear", "low_rank")
 POOLING_MODES = ("mean", "cls", "last_token")
 SIMILARITIES = ("cosine", "dot")
+ENCODER_KINDS = ("model", "external")
 
 
 class EraConfig(PretrainedConfig):
@@ -26,13 +27,29 @@ class EraConfig(PretrainedConfig):
             For API-only query encoders (e.g. OpenAI vectors) a descriptive name; no backbone is loaded.
         query_encoder_revision (`str`, *optional*, defaults to `None`):
             Git revision (commit, tag or branch) of `query_encoder` the adapter was trained with.
+        query_encoder_kind (`str`, *optional*, defaults to `"model"`):
+            `"model"`: `query_encoder` is a checkpoint this code loads. `"external"`: the adapter was trained on
+            stored query vectors (an API); `query_encoder` is a name only, and the adapter is an `EraAdapter`
+            that takes those vectors.
         doc_encoder (`str`, *optional*, defaults to `None`):
-            Hub id of the light doc encoder that built the index this adapter searches.
+            The doc encoder that built the index this adapter searches: a Hub id, or for an external doc
+            encoder its name as the user gave it (free text, e.g. `"text-embedding-3-small"`).
         doc_encoder_revision (`str`, *optional*, defaults to `None`):
             Revision of `doc_encoder`.
         doc_encoder_sha256 (`str`, *optional*, defaults to `None`):
             Fingerprint of the doc encoder's files the adapter was trained with (sha256 over its weights,
             config and tokenizer files): identifies a local copy that carries no Hub id or revision.
+        doc_encoder_kind (`str`, *optional*, defaults to `"model"`):
+            `"model"`: `doc_encoder` is a checkpoint the training pipeline ran. `"external"`: the adapter was
+            trained on the index's stored vectors and `doc_encoder` was never run (e.g. an embedding API); a
+            fusion adapter's light branch then takes the index's query vectors (`light_query_embeddings`).
+        doc_vectors_fingerprint (`str`, *optional*, defaults to `None`):
+            External doc encoder: `"sha256:..."` over a fixed sample of the stored (id, float32 vector) rows
+            (`doc_vectors_fingerprint_ids`), so `check_doc_encoder(source)` recognises the index.
+        doc_vectors_fingerprint_ids (`list[str]`, *optional*, defaults to `None`):
+            The ids of that sample (the ids with the smallest blake2b digests; independent of row order).
+        doc_vectors_normalized (`bool`, *optional*, defaults to `None`):
+            Whether the stored document vectors are L2-normalised (a cosine index); `None` when not recorded.
         query_dim (`int`, *optional*, defaults to 768):
             Dimension of the query encoder's pooled embedding (the adapter's input).
         doc_dim (`int`, *optional*, defaults to 384):
@@ -122,9 +139,14 @@ class EraConfig(PretrainedConfig):
         self,
         query_encoder: str | None = None,
         query_encoder_revision: str | None = None,
+        query_encoder_kind: str = "model",
         doc_encoder: str | None = None,
         doc_encoder_revision: str | None = None,
         doc_encoder_sha256: str | None = None,
+        doc_encoder_kind: str = "model",
+        doc_vectors_fingerprint: str | None = None,
+        doc_vectors_fingerprint_ids: list[str] | None = None,
+        doc_vectors_normalized: bool | None = None,
         query_dim: int = 768,
         doc_dim: int = 384,
         adapter_type: str = "linear",
@@ -157,6 +179,8 @@ class EraConfig(PretrainedConfig):
         _check_choice("similarity", similarity, SIMILARITIES)
         _check_choice("fusion_pooling", fusion_pooling, POOLING_MODES)
         _check_choice("fusion_branch", fusion_branch, FUSION_BRANCHES)
+        _check_choice("query_encoder_kind", query_encoder_kind, ENCODER_KINDS)
+        _check_choice("doc_encoder_kind", doc_encoder_kind, ENCODER_KINDS)
         if adapter_type == "fusion":
             if not fusion_dim or int(fusion_dim) <= 0:
                 raise ValueError(
@@ -175,9 +199,14 @@ class EraConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         self.query_encoder = query_encoder
         self.query_encoder_revision = query_encoder_revision
+        self.query_encoder_kind = query_encoder_kind
         self.doc_encoder = doc_encoder
         self.doc_encoder_revision = doc_encoder_revision
         self.doc_encoder_sha256 = doc_encoder_sha256
+        self.doc_encoder_kind = doc_encoder_kind
+        self.doc_vectors_fingerprint = doc_vectors_fingerprint
+        self.doc_vectors_fingerprint_ids = list(doc_vectors_fingerprint_ids) if doc_vectors_fingerprint_ids else None
+        self.doc_vectors_normalized = doc_vectors_normalized
         self.query_dim = int(query_dim)
         self.doc_dim = int(doc_dim)
         self.adapter_type = adapter_type

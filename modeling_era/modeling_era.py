@@ -420,24 +420,57 @@ class EraPreTrainedModel(PreTrainedModel):
         return model
 
     def check_doc_encoder(
-        self, doc_encoder: str | None = None, *, revision: str | None = None, dim: int | None = None
+        self, doc_encoder: Any = None, *, revision: str | None = None, dim: int | None = None
     ) -> None:
         """Raise `IncompatibleDocEncoderError` unless the given doc encoder / index fits this adapter.
 
-        Pass the doc encoder's id (and revision) and/or the dimension of the index's vectors.
+        `doc_encoder` is the doc encoder's name (a Hub id, or the name an external encoder was recorded
+        under), a stored-vectors fingerprint (`"sha256:..."`), or the index itself: any object with a
+        `fingerprint(ids)` method and a `dim`, such as `era_adapters.vectors.VectorSource`. An index is
+        recognised by the fingerprint of the rows this adapter was fingerprinted on, so rows added or
+        reordered since do not matter. Also pass the revision and/or the dimension of the index's vectors.
         """
-        expected = self.config.doc_encoder
+        config = self.config
+        expected = config.doc_encoder
         advice = (
-            f"This adapter maps queries into the space of {expected}@{self.config.doc_encoder_revision or 'any'} "
-            f"({self.config.doc_dim}-d). Search an index built with that encoder, or train an adapter for yours."
+            f"This adapter maps queries into the space of {expected}@{config.doc_encoder_revision or 'any'} "
+            f"({config.doc_dim}-d). Search an index built with that encoder, or train an adapter for yours."
         )
-        if dim is not None and int(dim) != self.config.doc_dim:
+        index = None
+        if doc_encoder is not None and not isinstance(doc_encoder, str):
+            index, doc_encoder = doc_encoder, None
+            dim = getattr(index, "dim", None) if dim is None else dim
+        if dim is not None and int(dim) != config.doc_dim:
             raise IncompatibleDocEncoderError(f"the index has {dim}-d vectors. {advice}")
+        if index is not None:
+            self._check_index(index, advice)
+        if doc_encoder is not None and doc_encoder.startswith("sha256:"):
+            wanted = config.doc_vectors_fingerprint
+            if wanted is not None and doc_encoder != wanted:
+                raise IncompatibleDocEncoderError(
+                    f"the index's vectors have fingerprint {doc_encoder}, but this adapter was trained on the stored "
+                    f"vectors of {expected} with fingerprint {wanted}. {advice}")
+            return
         if doc_encoder is not None and expected is not None and doc_encoder.lower() != expected.lower():
             raise IncompatibleDocEncoderError(f"the index was built with {doc_encoder}. {advice}")
-        wanted_revision = self.config.doc_encoder_revision
+        wanted_revision = config.doc_encoder_revision
         if revision is not None and wanted_revision is not None and revision != wanted_revision:
             raise IncompatibleDocEncoderError(f"the index was built with revision {revision}. {advice}")
+
+    def _check_index(self, index: Any, advice: str) -> None:
+        """Compare an index's fingerprint (duck-typed: `index.fingerprint(ids)`) with the recorded one."""
+        wanted, ids = self.config.doc_vectors_fingerprint, self.config.doc_vectors_fingerprint_ids
+        if wanted is None or not hasattr(index, "fingerprint"):
+            return  # trained by running its doc encoder: only the dimension can be compared
+        try:
+            found = index.fingerprint(ids)
+        except (KeyError, ValueError) as error:
+            raise IncompatibleDocEncoderError(
+                f"the index {index!r} lacks rows this adapter was fingerprinted on ({error}). {advice}") from error
+        if found != wanted:
+            raise IncompatibleDocEncoderError(
+                f"the index {index!r} holds other vectors (fingerprint {found}) than the stored vectors of "
+                f"{self.config.doc_encoder} this adapter was trained on (fingerprint {wanted}). {advice}")
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save config.json, model.safetensors and the two code files crash-safely.
@@ -656,7 +689,7 @@ class EraQueryEncoder(EraPreTrainedModel):
                 "or load it with EraAdapter for precomputed query embeddings."
             )
         model.attach_backbone(*_load_encoder(source, revision, backbone, tokenizer, hub_kwargs))
-        if config.adapter_type == "fusion":
+        if config.adapter_type == "fusion" and config.doc_encoder_kind != "external":
             if light_backbone is None and config.fusion_encoder is None:
                 raise ValueError(f"{pretrained_model_name_or_path} names no fusion_encoder; pass light_backbone=...")
             model.attach_light_backbone(*_load_encoder(
@@ -733,12 +766,14 @@ class EraQueryEncoder(EraPreTrainedModel):
         return self._finish(self._adapter_input(strong, light))
 
     def encode_queries(
-        self, queries: Sequence[str], instruction: str | Sequence[str] | None = None, batch_size: int = 32
+        self, queries: Sequence[str], instruction: str | Sequence[str] | None = None, batch_size: int = 32,
+        light_query_embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embed queries for search against the doc encoder's index: `(n, doc_dim)` float32 on CPU.
 
         `instruction` fills the prompt template's `{instruction}` slot: one for all queries, or one per
-        query (a list as long as `queries`); default: the config's.
+        query (a list as long as `queries`); default: the config's. `light_query_embeddings`: a fusion
+        adapter whose doc encoder is external (an API) takes the queries' vectors from that encoder here.
         """
         if self.backbone is None or self.tokenizer is None:
             raise RuntimeError("no query backbone attached; load with from_pretrained or use from_backbone.")
@@ -754,16 +789,22 @@ class EraQueryEncoder(EraPreTrainedModel):
         strong_prompts = [prompt.lower() for prompt in prompts] if config.lowercase_queries else prompts
         if config.adapter_type != "fusion":
             return encode_texts(self.backbone, self.tokenizer, strong_prompts, **strong, head=self._finish)
-        if self.light_backbone is None or self.light_tokenizer is None:
-            raise RuntimeError("no light query backbone attached; load with from_pretrained or attach_light_backbone.")
         # `_adapter_input` normalises each part, once: exactly what the symmetric model does to D(q).
         strong["normalize"] = False
-        light = {**strong, "pooling": config.fusion_pooling, "max_length": config.fusion_max_seq_length}
-        light_prompts = [prompt.lower() for prompt in prompts] if config.fusion_lowercase_queries else prompts
+        if light_query_embeddings is None:
+            if self.light_backbone is None or self.light_tokenizer is None:
+                external = config.doc_encoder_kind == "external"
+                raise RuntimeError(
+                    f"pass light_query_embeddings: the queries embedded by {config.fusion_encoder}, the index's "
+                    "encoder, which this adapter does not run." if external else
+                    "no light query backbone attached; load with from_pretrained or attach_light_backbone.")
+            light = {**strong, "pooling": config.fusion_pooling, "max_length": config.fusion_max_seq_length}
+            light_prompts = [prompt.lower() for prompt in prompts] if config.fusion_lowercase_queries else prompts
+            light_query_embeddings = encode_texts(self.light_backbone, self.light_tokenizer, light_prompts, **light)
         with torch.no_grad():
             return self._finish(self._adapter_input(
                 encode_texts(self.backbone, self.tokenizer, strong_prompts, **strong).to(self.device),
-                encode_texts(self.light_backbone, self.light_tokenizer, light_prompts, **light).to(self.device),
+                torch.as_tensor(light_query_embeddings).float().to(self.device),
             )).float().cpu()
 
 

@@ -316,7 +316,7 @@ CASES = {
                                r"--adapter: invalid choice: 'conv'"),
     "adapt mode without encoders": (cli.adapt_main, lambda w, t: ["--data", str(w.data), "--mode", "adapt",
                                                                   "--label-budget", "0.4", "--output", str(t / "out")],
-                                    r"--mode adapt needs --query-encoder and --doc-encoder"),
+                                    r"--mode adapt needs the query side \(--query-encoder or --query-vectors\) and the doc side"),
     "ann param without ann": (cli.evaluate_main, lambda w, t: evaluate_args(w, t, "--ann-param", "nprobe=4"),
                               r"--ann-param needs --ann"),
     "record with all queries": (cli.evaluate_main, lambda w, t: evaluate_args(w, t, "--record", "--all-queries"),
