@@ -26,7 +26,8 @@ import torch
 from accelerate import Accelerator
 
 from modeling_era import EraAdapter, EraQueryEncoder
-from era_adapters.align import alignment_quality, choose_ridge, fit_gradient, ridge_statistics, sample_texts, set_from_linear
+from era_adapters.align import alignment_quality, fit_gradient, sample_texts
+from era_adapters.ridge import choose_ridge, ridge_statistics, set_from_linear
 from era_adapters.artifacts import era_config, save_query_encoder
 from era_adapters.cache import embed_texts
 from era_adapters.data import cap_corpus, load_tasks
