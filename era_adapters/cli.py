@@ -32,6 +32,10 @@ def _configure_logging(level: int = logging.INFO) -> None:
                         format="%(asctime)s %(name)s: %(message)s")
 
 
+def _parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _reporting_errors(run: Callable[[], Any]) -> int:
     """Run a command; input and setting errors (files and models that are missing, unreadable or corrupt
     included: OSError) become one `error:` line and exit status 2."""
@@ -103,8 +107,7 @@ def adapt_main(argv: Sequence[str] | None = None) -> int:
 def validate_main(argv: Sequence[str] | None = None) -> int:
     from era_adapters import data_check
 
-    parser = argparse.ArgumentParser(
-        prog="era-validate", description=data_check.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _parser("era-validate", data_check.__doc__)
     parser.add_argument("data", help="a folder of task folders, one task folder, or MAIR task names")
     parser.add_argument("--tasks", nargs="+", help="task names to check (default: all)")
     for role in ("train", "dev", "test"):
@@ -139,8 +142,7 @@ def push_main(argv: Sequence[str] | None = None) -> int:
 
     from era_adapters import push
 
-    parser = argparse.ArgumentParser(
-        prog="era-push", description=push.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _parser("era-push", push.__doc__)
     parser.add_argument("folder", help="the adapter folder a training stage saved (config.json, model.safetensors, ...)")
     parser.add_argument("--repo-id", required=True, help="target repo, e.g. your-name/era-mpnet-to-minilm")
     parser.add_argument("--private", action="store_true",
@@ -192,8 +194,7 @@ def push_main(argv: Sequence[str] | None = None) -> int:
 def export_main(argv: Sequence[str] | None = None) -> int:
     from era_adapters import export
 
-    parser = argparse.ArgumentParser(
-        prog="era-export", description=export.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _parser("era-export", export.__doc__)
     parser.add_argument("adapter", help="adapter folder or Hub id")
     parser.add_argument("output", help="folder to write the SentenceTransformer to")
     parser.add_argument("--doc-encoder", help="local copy of the doc encoder (default: the one the adapter names)")
@@ -214,8 +215,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 def demo_main(argv: Sequence[str] | None = None) -> int:
     from era_adapters import demo
 
-    parser = argparse.ArgumentParser(
-        prog="era-demo", description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _parser("era-demo", demo.__doc__)
     parser.add_argument("--data", help="MAIR/BEIR folder(s) or MAIR task names instead of the embedded default")
     parser.add_argument("--quick", action="store_true", help="reduced size (CI): 300 functions instead of 1,000")
     parser.add_argument("--cache-dir", help="ERA cache (default: $ERA_CACHE_DIR or ~/.cache/era)")
