@@ -33,8 +33,10 @@ def train(tiny_models_py: str, work: Path) -> None:
     run(str(bin_dir / "era-validate"), str(work / "data"))
     run(str(bin_dir / "era-align"), "--query-encoder", str(query), "--doc-encoder", str(doc), "--num-texts", "40",
         "--output", str(work / "align"), *common)
-    run(str(bin_dir / "era-adapt"), "--mode", "both", "--init", str(work / "align"), "--label-budget", "0.5",
-        "--epochs", "2", "--output", str(work / "both"), *common)
+    run(str(bin_dir / "era-distill"), "--init", str(work / "align"), "--epochs", "2", "--teacher-docs", "30",
+        "--output", str(work / "distill"), *common)
+    run(str(bin_dir / "era-adapt"), "--mode", "both", "--init", str(work / "distill"), "--label-budget", "0.5",
+        "--distill-weight", "1.0", "--epochs", "2", "--output", str(work / "both"), *common)
     run(str(bin_dir / "era-evaluate"), "--system", "doc2doc", "--system", str(work / "both"), "--query-encoder",
         str(query), "--doc-encoder", str(doc), "--output", str(work / "eval"), "--record", *common)
 
@@ -57,7 +59,7 @@ def train(tiny_models_py: str, work: Path) -> None:
 
     model = EraQueryEncoder.from_pretrained(work / "both")
     (work / "expected.json").write_text(json.dumps(model.encode_queries(QUERIES).tolist()))
-    print("wheel: validate, align, adapt, evaluate --record, card with model-index and doc2doc, evaluate module: ok")
+    print("wheel: validate, align, distill, adapt, evaluate --record, card with model-index and doc2doc, evaluate module: ok")
 
 
 def reload(work: Path) -> None:
