@@ -19,4 +19,7 @@ def test_quick_demo_gives_sane_numbers(tmp_path):
     assert macro["era-both"]["ndcg@10"] > macro["query2doc"]["ndcg@10"] + 0.5
     assert macro["fusion-both"]["ndcg@10"] > macro["query2doc"]["ndcg@10"] + 0.5
     assert macro["fusion-align"]["ndcg@10"] > macro["doc2doc"]["ndcg@10"] - 0.05
+    for name in ("era-distill", "fusion-distill"):  # zero labels: distilled from the re-index's ranking
+        assert macro[name]["ndcg@10"] > macro["doc2doc"]["ndcg@10"] - 0.05
+    assert (tmp_path / "demo" / "era-distill" / "config.json").is_file()
     assert (tmp_path / "demo" / "era-align" / "model.safetensors").is_file()
