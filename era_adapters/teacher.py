@@ -160,6 +160,9 @@ def build_targets(
                            "full_corpus": len(task.doc_ids), "unlabeled_queries": len(task_queries)}
         if len(pool) == len(capped.doc_ids):
             cost[task.name]["note"] = "the budget covers the whole (capped) corpus: the teacher re-indexes it"
+            logger.warning("teacher for %s: --teacher-docs %d covers all %d documents, so Q embeds the whole "
+                           "corpus (a re-index's cost; the card says so). Lower --teacher-docs to stay below it.",
+                           task.name, settings.teacher_docs, len(capped.doc_ids))
         position = np.full(len(capped.doc_ids), -1, dtype=np.int64)
         position[pool] = offset + np.arange(len(pool))
         parts["inputs"].append(inputs)

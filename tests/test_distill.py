@@ -54,13 +54,16 @@ def test_distillation_learns_the_teachers_ranking_without_labels_or_test_queries
     assert "none: distilled from the query encoder's ranking" in card and "documents_embedded_by_q" in card
 
 
-def test_query2query_teacher_and_a_query_log(setup, tmp_path):
+def test_query2query_teacher_a_query_log_and_a_budget_over_the_corpus(setup, tmp_path, caplog):
     log = tmp_path / "log.txt"
     log.write_text("\n".join(f"{word} {other}" for word, other in zip("abcdefghij", "klmnopqrst")) + "\n")
-    model = distilled(setup, tmp_path / "logged", teacher="query2query", query_log=str(log))
+    model = distilled(setup, tmp_path / "logged", teacher="query2query", query_log=str(log), teacher_docs=10**6)
     record = model.config.training_metadata["distillation"]
     assert record["teacher"]["teacher"] == "query2query" and record["queries"]["unlabeled"] == 10
     assert record["queries"]["source"] == f"query log {log}"
+    cost = record["teacher_cost"]["syn"]  # a budget over the corpus: Q embeds it all, and says so
+    assert cost["documents_embedded_by_q"] == cost["capped_corpus"] and "re-indexes" in cost["note"]
+    assert "covers all" in caplog.text and "Lower --teacher-docs" in caplog.text
 
 
 KILL_AFTER_EPOCH_3 = textwrap.dedent(
