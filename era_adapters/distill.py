@@ -64,7 +64,8 @@ class DistillSettings(Settings):
     """The optimisation (recorded in the metadata; a resumed run must match it)."""
 
     epochs: int = option(30, help="most training epochs", valid=AT_LEAST_ONE)
-    lr: float = option(1e-3, help="AdamW learning rate", valid=NON_NEGATIVE)
+    lr: float = option(3e-4, help="AdamW learning rate (chosen by cross-validation over non-test queries: "
+                                   "docs/method.md)", valid=NON_NEGATIVE)
     weight_decay: float = option(0.0, help="AdamW's decay toward zero", valid=NON_NEGATIVE)
     batch_size: int = option(64, help="unlabeled queries per global batch", valid=AT_LEAST_ONE)
     patience: int = option(5, help="epochs without a lower held-out KL before stopping", valid=AT_LEAST_ONE)
