@@ -57,6 +57,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from modeling_era import EraConfig
+from modeling_era.modeling_era import atomic_write
 from era_adapters.adapt import adapt
 from era_adapters.align import align
 from era_adapters.data import DataError, load_tasks
@@ -92,7 +93,8 @@ def pick_tasks(data: str, names: Sequence[str] | None, min_labeled: int) -> list
     return chosen
 
 
-def _done(folder: Path) -> bool:
+def adapter_done(folder: Path) -> bool:
+    """Whether `folder` already holds a saved adapter (benchmarks reuse it instead of retraining)."""
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
@@ -116,7 +118,7 @@ def train_task_adapters(
     systems: list[Path] = []
 
     def timed(name: str, target: Path, fit) -> Path:
-        if not _done(target):
+        if not adapter_done(target):
             started = time.perf_counter()
             fit(target)
             timings[f"{task}/{name}"] = time.perf_counter() - started
@@ -310,14 +312,14 @@ def markdown(systems: dict[str, Any], tasks: Sequence[str], checks: list[dict[st
     return "\n".join(lines) + "\n"
 
 
-def _model_id(name: str) -> str:
+def model_reference(name: str) -> str:
     """Local model folders by absolute path (adapters record them so), Hub ids as they are."""
     return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    args.query_encoder, args.doc_encoder = _model_id(args.query_encoder), _model_id(args.doc_encoder)
+    args.query_encoder, args.doc_encoder = model_reference(args.query_encoder), model_reference(args.doc_encoder)
     output = Path(args.output)
     tasks = pick_tasks(args.data, args.tasks, args.min_labeled)
     if not tasks:
@@ -374,8 +376,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_cost": teacher_costs(task_folders) if distill_args is not None else None,
         "seconds": {"total": time.perf_counter() - started, **timings},
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     table = markdown(systems, tasks, checks, settings)
     if cost:
         table += (f"\nQuery-time cost of fusion (Q + D backbones) vs Q alone, {cost['queries']} {cost['task']} queries, "
@@ -386,10 +386,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         table += "|---|---:|---:|---:|---:|\n" + "".join(
             f"| {task} | {c['documents_embedded_by_q']} | {c['teacher_docs_budget']} | {c['seconds']:.1f} | "
             f"{c['full_corpus']} |\n" for task, c in result["teacher_cost"].items())
-    output.with_suffix(".md").write_text(table, encoding="utf-8")
+    write_results(output, result, table)
+    return result
+
+
+def write_results(output: Path, result: dict[str, Any], table: str) -> None:
+    """`<output>.json` and `<output>.md`, each written whole or not at all; the table is also printed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output.with_suffix(".json"), json.dumps(result, indent=1))
+    atomic_write(output.with_suffix(".md"), table)
     print(table)
     print(f"results: {output.with_suffix('.json')} and {output.with_suffix('.md')}")
-    return result
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from budgets_bench import MINILM, MPNET, adapter_done, model_reference, write_results  # this folder's helpers
 from era_adapters.align import align
 from era_adapters.arguments import split_options
 from era_adapters.data import Task, cap_corpus, load_tasks
@@ -63,8 +64,6 @@ from era_adapters.teacher import TeacherSettings
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-MPNET = "sentence-transformers/all-mpnet-base-v2"
 METRIC = "ndcg@10"
 REFERENCE = "doc2doc"
 FAMILIES = ("linear", "fusion")
@@ -139,13 +138,9 @@ def fold_task(pool: Task, test_qids: Sequence[str]) -> Task:
     return dataclasses.replace(pool, queries=queries)
 
 
-def _done(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
 def trained(folder: Path, fit: Callable[[Path], Any], timings: dict[str, float], label: str) -> Path:
     """`folder` once `fit` has written an adapter there (skipped when one is there already)."""
-    if not _done(folder):
+    if not adapter_done(folder):
         started = time.perf_counter()
         fit(folder)
         timings[label] = time.perf_counter() - started
@@ -270,14 +265,9 @@ def markdown(systems: dict[str, Any], tasks: Sequence[str], sizes: dict[str, int
     return "\n".join(lines) + "\n"
 
 
-def _model_id(name: str) -> str:
-    """Local model folders by absolute path (adapters record them so), Hub ids as they are."""
-    return str(Path(name).resolve()) if Path(name).is_dir() else name
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    args.query_encoder, args.doc_encoder = _model_id(args.query_encoder), _model_id(args.doc_encoder)
+    args.query_encoder, args.doc_encoder = model_reference(args.query_encoder), model_reference(args.doc_encoder)
     variants = [parse_variant(spec) for spec in dict.fromkeys(args.variants)]  # a repeated one: once
     key = json.dumps([args.query_encoder, args.doc_encoder, args.max_docs, args.num_texts, args.folds, args.fold_seed])
     work_dir = Path(args.work_dir) / hashlib.sha256(key.encode()).hexdigest()[:10]
@@ -306,14 +296,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     result = {"settings": settings, "systems": systems, "folds": folds, "per_query": scores,
               "seconds": {"total": time.perf_counter() - started, **timings}}
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     sizes = {task: sum(map(len, task_folds)) for task, task_folds in folds.items()}
-    table = markdown(systems, list(folds), sizes, settings)
-    output.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(table)
-    print(f"results: {output.with_suffix('.json')} and {output.with_suffix('.md')}")
+    write_results(Path(args.output), result, markdown(systems, list(folds), sizes, settings))
     return result
 
 

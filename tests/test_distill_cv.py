@@ -12,6 +12,7 @@ from era_adapters.splits import make_split
 from era_adapters.teacher import TeacherSettings, task_unlabeled_queries
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "distill_cv.py"
+sys.path.insert(0, str(_SCRIPT.parent))  # as when run as a script: it imports its folder's budgets_bench
 _SPEC = importlib.util.spec_from_file_location("distill_cv", _SCRIPT)
 distill_cv = sys.modules["distill_cv"] = importlib.util.module_from_spec(_SPEC)  # dataclasses look the module up
 _SPEC.loader.exec_module(distill_cv)
