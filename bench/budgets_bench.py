@@ -52,7 +52,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -98,6 +98,16 @@ def adapter_done(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
+def trained(folder: Path, fit: Callable[[Path], Any], timings: dict[str, float], label: str) -> Path:
+    """`folder` once `fit` has written an adapter there (skipped when one is there already), timed as `label`."""
+    if not adapter_done(folder):
+        started = time.perf_counter()
+        fit(folder)
+        timings[label] = time.perf_counter() - started
+        logger.info("%s trained in %.1fs", label, timings[label])
+    return folder
+
+
 def protocol_labels(data: str, task: str, budgets: Sequence[float]) -> dict[float, dict[str, Any]]:
     """Stage 2's options for each protocol budget of `task`: the counts that select the protocol's
     training and validation queries (split seed 0, as `evaluate`'s), early stopping on the latter."""
@@ -118,12 +128,7 @@ def train_task_adapters(
     systems: list[Path] = []
 
     def timed(name: str, target: Path, fit) -> Path:
-        if not adapter_done(target):
-            started = time.perf_counter()
-            fit(target)
-            timings[f"{task}/{name}"] = time.perf_counter() - started
-            logger.info("%s/%s trained in %.1fs", task, name, timings[f"{task}/{name}"])
-        return target
+        return trained(target, fit, timings, f"{task}/{name}")
 
     common = {"tasks": [task], "max_docs": max_docs, "cache_dir": cache_dir}
 

@@ -46,13 +46,13 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from budgets_bench import MINILM, MPNET, adapter_done, model_reference, write_results  # this folder's helpers
+from budgets_bench import MINILM, MPNET, model_reference, trained, write_results  # this folder's helpers
 from era_adapters.align import align
 from era_adapters.arguments import split_options
 from era_adapters.data import Task, cap_corpus, load_tasks
@@ -137,15 +137,6 @@ def fold_task(pool: Task, test_qids: Sequence[str]) -> Task:
     queries = [dataclasses.replace(query, split="test" if query.qid in test else "train") for query in pool.queries]
     return dataclasses.replace(pool, queries=queries)
 
-
-def trained(folder: Path, fit: Callable[[Path], Any], timings: dict[str, float], label: str) -> Path:
-    """`folder` once `fit` has written an adapter there (skipped when one is there already)."""
-    if not adapter_done(folder):
-        started = time.perf_counter()
-        fit(folder)
-        timings[label] = time.perf_counter() - started
-        logger.info("%s trained in %.1fs", label, timings[label])
-    return folder
 
 
 def align_starts(pool: Task, families: Sequence[str], folder: Path, args: argparse.Namespace,

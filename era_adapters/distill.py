@@ -125,7 +125,7 @@ def run_distillation(args: DistillArguments, settings: DistillSettings | None = 
     train_items, held_items = held_out_split(len(targets), settings.held_out, settings.seed)
     device, world = accelerator.device, accelerator.num_processes
     distillation = Distillation(targets, teacher, device, world, accelerator.process_index)
-    whole = Distillation(targets, teacher, device)  # validation: every process scores all held-out queries
+    whole = distillation.unsharded()  # validation: every process scores all held-out queries
     held = whole.batch(held_items if len(held_items) else train_items,
                        np.random.default_rng([_CANDIDATE_STREAM, settings.seed]))
     model = model.to(device)

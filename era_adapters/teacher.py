@@ -22,6 +22,7 @@ documents Q embedded (≤ `teacher_docs`), how long that took, and the corpus si
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -300,6 +301,12 @@ class Distillation:
         self.targets, self.settings, self.device, self.world, self.rank = targets, settings, device, world, rank
         self.inputs = torch.from_numpy(targets.inputs).to(device)
         self.pool_light = torch.from_numpy(targets.pool_light).to(device)
+
+    def unsharded(self) -> Distillation:
+        """The same loss over whole batches, on every process (validation); the device tensors are shared."""
+        whole = copy.copy(self)
+        whole.world, whole.rank = 1, 0
+        return whole
 
     def batch(self, items: np.ndarray, rng: np.random.Generator) -> DistillBatch:
         """The batch of the global `items` (every process draws the same candidates from the same `rng`)."""
