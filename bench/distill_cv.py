@@ -3,9 +3,9 @@
     python bench/distill_cv.py [--data DATA] [--tasks restbench_tmdb birco_clinical_trial] \
         [--variants "linear:lr=3e-4" "fusion:teacher=query2query,lr=1e-4" ...] [--folds 3] [--fold-seed 0] \
         [--max-docs 500] [--num-texts 1000] [--cache-dir DIR] [--output bench/results/distill_cv] \
-        [--work-dir runs/distill_cv]
+        [--work-dir runs/distill_cv] [--ceiling]
 
-What it measures: for each variant of the distillation stage (an adapter family, `linear` or `fusion`, and
+What it measures: for each variant of the distillation stage (an adapter family, `linear`, `mlp` or `fusion`, and
 keywords of `era_adapters.distill.distill`), the nDCG@10 of the distilled adapter on held-out folds of the
 queries that the evaluation does NOT test on, next to doc2doc (the index as it is), query2query (the
 re-index) and the aligned adapter it starts from. Why: the library's distillation defaults (learning rate,
@@ -21,6 +21,12 @@ searches, which keeps every document any query judges, test queries' included; n
 already capped (the library calls get `max_docs=None`, so it is not re-capped by the pool's judgements).
 Stage 1 (`align`, which reads no labels) runs once per task and family on that corpus; each variant is
 distilled from it once per fold. A task whose pool holds fewer than 2 × folds queries is skipped (logged).
+
+With `--ceiling`, two rows say how far distillation could go on the same queries (`teacher_ceiling`):
+`teacher`, the default ensemble teacher ranking the whole capped corpus (Q embeds all of it, so this is a
+re-index, for measurement only), and `ceiling`, one free vector per query in D's space trained to rank like
+that teacher. No adapter scored against the index ranks better than its best such vector, so a variant far
+below `ceiling` failed to learn the map from its few queries; the index's space is not what limits it.
 
 Output: `<output>.json` (per system: per-task and macro nDCG@10 over all folds' queries, Δ vs doc2doc and
 vs the aligned start, tasks above doc2doc, pooled paired sign-flip tests (`era_adapters.metrics.paired_test`);
@@ -51,22 +57,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from budgets_bench import MINILM, MPNET, model_reference, trained, write_results  # this folder's helpers
 from era_adapters.align import align
+from era_adapters.encoders import TextEncoder
 from era_adapters.arguments import split_options
 from era_adapters.data import Task, cap_corpus, load_tasks
 from era_adapters.distill import DistillSettings, distill
 from era_adapters.evaluate import evaluate
-from era_adapters.metrics import paired_test
+from era_adapters.losses import distillation_loss
+from era_adapters.metrics import paired_test, per_query_metrics
+from era_adapters.sides import EncoderSide
 from era_adapters.splits import make_split
-from era_adapters.teacher import TeacherSettings
+from era_adapters.supervision import doc2doc_queries
+from era_adapters.teacher import TeacherSettings, ensemble_scores
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 METRIC = "ndcg@10"
 REFERENCE = "doc2doc"
-FAMILIES = ("linear", "fusion")
+FAMILIES = ("linear", "mlp", "fusion")
 DEFAULT_VARIANTS = ("linear:lr=1e-3", "linear:lr=3e-4", "linear:lr=1e-4", "linear:teacher=query2query,lr=3e-4",
                     "fusion:lr=1e-3", "fusion:lr=3e-4", "fusion:lr=1e-4")
 SPLIT_SEED = 0  # the evaluation's split and corpus cap
@@ -169,6 +180,55 @@ def fold_scores(fold: Task, starts: dict[str, Path], variants: Sequence[Variant]
             for system, result in report["results"].items()}
 
 
+def teacher_ceiling(pool: Task, args: argparse.Namespace, steps: int = 150) -> dict[str, dict[str, float]]:
+    """What distillation could reach, per pool query ({system: {qid: nDCG@10}}): `teacher`, the default ensemble
+    teacher ranking the whole capped corpus (Q embeds it all: a re-index); `ceiling`, one free vector per query
+    in D's space, optimised to rank the corpus like that teacher (the distillation loss and temperatures) — no
+    adapter scored against the index can rank better than its best such vector, so `ceiling` minus a distilled
+    adapter is what the adapter failed to learn from its few queries, not what the index cannot express."""
+    settings, embed = TeacherSettings(), {"cache_dir": args.cache_dir}
+    strong, light = (EncoderSide(TextEncoder(name, cache_dir=args.cache_dir)) for name in (args.query_encoder,
+                                                                                              args.doc_encoder))
+    docs = torch.from_numpy(light.documents(pool, **embed))
+    light_queries = torch.from_numpy(doc2doc_queries(light, pool, pool.queries, embed))
+    strong_queries = doc2doc_queries(strong, pool, pool.queries, embed)  # the bare query, as query2query sees it
+    strong_scores = torch.from_numpy(strong_queries @ strong.documents(pool, **embed).T)
+    mask = torch.ones_like(strong_scores, dtype=torch.bool)
+    teacher = ensemble_scores(strong_scores, light_queries @ docs.T, mask, settings.teacher_weight)
+    ceiling = ceiling_scores(teacher, light_queries, docs, settings, steps)
+    return {"teacher": _ndcg(pool, teacher.numpy()), "ceiling": _ndcg(pool, ceiling)}
+
+
+def ceiling_scores(teacher: torch.Tensor, start: torch.Tensor, docs: torch.Tensor, settings: TeacherSettings,
+                   steps: int) -> np.ndarray:
+    """Scores over `docs` of one free unit vector per query, from `start`, after `steps` of Adam on the
+    distillation loss toward `teacher`'s scores of every document."""
+    vectors = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.Adam([vectors], lr=0.02)
+    mask = torch.ones_like(teacher, dtype=torch.bool)
+    for _ in range(steps):
+        student = torch.nn.functional.normalize(vectors, dim=-1) @ docs.T
+        loss = distillation_loss(student, teacher, mask, student_temperature=settings.student_temperature,
+                                 teacher_temperature=settings.teacher_temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return (torch.nn.functional.normalize(vectors, dim=-1) @ docs.T).detach().numpy()
+
+
+def _ndcg(pool: Task, scores: np.ndarray, depth: int = 100) -> dict[str, float]:
+    """nDCG@10 of each pool query from its scores over the corpus (its own document left out where the task says)."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :depth + 1]
+    run = {}
+    for query, rows, row_scores in zip(pool.queries, order, np.take_along_axis(scores, order, 1)):
+        ranked = [(pool.doc_ids[r], float(v)) for r, v in zip(rows, row_scores)
+                  if not (pool.ignore_identical_ids and pool.doc_ids[r] == query.qid)]
+        run[query.qid] = dict(ranked[:depth])
+    qids = [query.qid for query in pool.queries]
+    values = per_query_metrics(run, {query.qid: query.labels for query in pool.queries}, qids, metrics=[METRIC])
+    return dict(zip(qids, map(float, values[METRIC])))
+
+
 def task_scores(task: Task, variants: Sequence[Variant], folder: Path, args: argparse.Namespace,
                 timings: dict[str, float]) -> tuple[dict[str, dict[str, float]], list[list[str]]] | None:
     """{system: {qid: nDCG@10}} over every fold's queries, and the folds; None when the pool is too small."""
@@ -187,6 +247,8 @@ def task_scores(task: Task, variants: Sequence[Variant], folder: Path, args: arg
         for system, values in fold_scores(fold_task(pool, test_qids), starts, variants, folder / f"fold{number}",
                                           args, timings).items():
             scores.setdefault(system, {}).update(values)
+    if args.ceiling:
+        scores.update(teacher_ceiling(pool, args))
     return scores, folds
 
 
@@ -251,6 +313,10 @@ def markdown(systems: dict[str, Any], tasks: Sequence[str], sizes: dict[str, int
             "Start: the aligned adapter a variant is distilled from.")
     models = f"Q = {settings['query_encoder']}, D = {settings['doc_encoder']}, max_docs = {settings['max_docs']}."
     lines += ["", note, models]
+    if "ceiling" in systems:
+        lines.append("teacher: the default ensemble teacher over the whole capped corpus; ceiling: one free vector per "
+                     "query in D's space trained to rank like it (no adapter scored against the index ranks better "
+                     "than its best such vector); both on the same queries, with no training across queries.")
     if settings["skipped_tasks"]:
         lines.append("Skipped (pool too small): " + ", ".join(settings["skipped_tasks"]) + ".")
     return "\n".join(lines) + "\n"
@@ -297,10 +363,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--tasks", nargs="+", help="default: every task under --data")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="FAMILY:KEY=VALUE,...",
-                        help="distillation settings to compare: an adapter family (linear, fusion), then keywords of "
-                             "era_adapters.distill.distill (values JSON, else strings), e.g. "
+                        help="distillation settings to compare: an adapter family (linear, mlp, fusion), then "
+                             "keywords of era_adapters.distill.distill (values JSON, else strings), e.g. "
                              "'linear:teacher=query2query,lr=3e-4' (default: %(default)s)")
     parser.add_argument("--folds", type=int, default=3, help="folds of each task's non-test labeled queries")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also score the ensemble teacher over the whole capped corpus and the best query "
+                             "vectors in D's space (what distillation could reach; see teacher_ceiling)")
     parser.add_argument("--fold-seed", type=int, default=0, help="seed of the folds")
     parser.add_argument("--query-encoder", default=MPNET)
     parser.add_argument("--doc-encoder", default=MINILM)

@@ -266,11 +266,15 @@ def teacher_scores(targets: TeacherTargets, items: np.ndarray, candidates: np.nd
     if settings.teacher == "query2query":
         return scores
     light = torch.from_numpy(np.einsum("bd,bcd->bc", targets.light_queries[items], targets.pool_light[rows]))
-    mask = torch.from_numpy(candidates >= 0)
-    strong_mean, strong_std = _masked_stats(scores, mask)
+    return ensemble_scores(scores, light, torch.from_numpy(candidates >= 0), settings.teacher_weight)
+
+
+def ensemble_scores(strong: torch.Tensor, light: torch.Tensor, mask: torch.Tensor, weight: float) -> torch.Tensor:
+    """The ensemble teacher: Q's and D's scores of the same candidates (`mask`: the real ones), each z-scored
+    over a query's candidates, mixed with `weight` on Q, and put back on Q's scale."""
+    strong_mean, strong_std = _masked_stats(strong, mask)
     light_mean, light_std = _masked_stats(light, mask)
-    weight = settings.teacher_weight
-    mixed = weight * (scores - strong_mean) / strong_std + (1 - weight) * (light - light_mean) / light_std
+    mixed = weight * (strong - strong_mean) / strong_std + (1 - weight) * (light - light_mean) / light_std
     return mixed * strong_std + strong_mean
 
 
