@@ -61,13 +61,14 @@ import torch
 
 from budgets_bench import MINILM, MPNET, model_reference, trained, write_results  # this folder's helpers
 from era_adapters.align import align
-from era_adapters.encoders import TextEncoder
 from era_adapters.arguments import split_options
 from era_adapters.data import Task, cap_corpus, load_tasks
 from era_adapters.distill import DistillSettings, distill
+from era_adapters.encoders import TextEncoder
 from era_adapters.evaluate import evaluate
 from era_adapters.losses import distillation_loss
-from era_adapters.metrics import paired_test, per_query_metrics
+from era_adapters.metrics import paired_test, per_query_metrics_ranked
+from era_adapters.search import drop_identical_ids
 from era_adapters.sides import EncoderSide
 from era_adapters.splits import make_split
 from era_adapters.supervision import doc2doc_queries
@@ -149,7 +150,6 @@ def fold_task(pool: Task, test_qids: Sequence[str]) -> Task:
     return dataclasses.replace(pool, queries=queries)
 
 
-
 def align_starts(pool: Task, families: Sequence[str], folder: Path, args: argparse.Namespace,
                  timings: dict[str, float]) -> dict[str, Path]:
     """Stage 1 of each family on the task's capped corpus (no labels), by family."""
@@ -217,15 +217,15 @@ def ceiling_scores(teacher: torch.Tensor, start: torch.Tensor, docs: torch.Tenso
 
 
 def _ndcg(pool: Task, scores: np.ndarray, depth: int = 100) -> dict[str, float]:
-    """nDCG@10 of each pool query from its scores over the corpus (its own document left out where the task says)."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :depth + 1]
-    run = {}
-    for query, rows, row_scores in zip(pool.queries, order, np.take_along_axis(scores, order, 1)):
-        ranked = [(pool.doc_ids[r], float(v)) for r, v in zip(rows, row_scores)
-                  if not (pool.ignore_identical_ids and pool.doc_ids[r] == query.qid)]
-        run[query.qid] = dict(ranked[:depth])
+    """nDCG@10 of each pool query from its scores over the corpus, ranked and scored as `evaluate` does (its
+    own document left out where the task says)."""
     qids = [query.qid for query in pool.queries]
-    values = per_query_metrics(run, {query.qid: query.labels for query in pool.queries}, qids, metrics=[METRIC])
+    indices = np.argsort(-scores, axis=1, kind="stable")[:, :depth + int(pool.ignore_identical_ids)]
+    top = np.take_along_axis(scores, indices, 1)
+    if pool.ignore_identical_ids:
+        top, indices = drop_identical_ids(top, indices, qids, pool.doc_ids, depth)
+    values = per_query_metrics_ranked(indices, pool.doc_ids, qids, {query.qid: query.labels for query in pool.queries},
+                                      top, metrics=[METRIC])
     return dict(zip(qids, map(float, values[METRIC])))
 
 

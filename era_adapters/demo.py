@@ -101,9 +101,9 @@ def run(data: str | None, quick: bool, cache_dir: str | None, output: Path) -> d
     print(f"tasks from {source}")
     step(f"ERA ({QUERY_ENCODER} -> {DOC_ENCODER}): align on unlabeled corpus text, distil the re-index's ranking "
          f"from unlabeled queries (no labels), then adapt with {LABEL_BUDGET:.0%} of the training pool's labels")
-    tuned = data_path is None and not data  # the embedded task, where ERA_DISTILL was chosen
-    era_folders, era = train_family("era", "linear", source, output, cache_dir, quick, *(
-        (ERA_DISTILL, ERA_TEACHER) if tuned else ({}, {})))
+    embedded = data_path is None and not data  # the embedded task, where ERA_DISTILL was chosen
+    era_distill, era_teacher = (ERA_DISTILL, ERA_TEACHER) if embedded else ({}, {})
+    era_folders, era = train_family("era", "linear", source, output, cache_dir, quick, era_distill, era_teacher)
     step("fusion adapter: the same three steps on [Q(q); D(q)], starting from the light encoder plus aligned Q")
     fusion_folders, fusion = train_family("fusion", "fusion", source, output, cache_dir, quick, {}, {})
     systems = ["doc2doc", "query2query", "query2doc", *map(str, era_folders), *map(str, fusion_folders)]
