@@ -218,7 +218,9 @@ def _top_documents(light_queries: np.ndarray, docs: np.ndarray, own: np.ndarray,
     _, found = exact_search(light_queries, docs, depth)
     keep = found != own[:, None]
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-    return np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
+    top = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
+    # k columns even for a corpus smaller than k, so several tasks' candidates stack into one array
+    return np.pad(top, ((0, 0), (0, k - top.shape[1])), constant_values=-1)
 
 
 def teacher_pool(top: np.ndarray, n_docs: int, budget: int, seed: int) -> np.ndarray:

@@ -3,6 +3,7 @@ queries never enter, the teacher's cost stays in budget, metadata and card say w
 resume, one vs two processes, the command line, and stage 2 with the distillation loss."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -147,3 +148,15 @@ def test_stage_two_adds_the_distillation_loss_on_unlabeled_queries(setup, tmp_pa
     assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), both.state_dict().values()))
     with pytest.raises(ValueError, match="drop one of --lora and --distill-weight"):
         run(setup, tmp_path / "lora", lora=True, distill_weight=1.0, **FAST)
+
+
+def test_tasks_with_a_corpus_smaller_than_the_candidates_distil_together(setup, tmp_path):
+    """Several tasks distil into one adapter even when a corpus has fewer documents than `candidates`
+    (its candidate rows are padded, not a shape error)."""
+    task = load_tasks(setup / "data")[0]
+    small = dataclasses.replace(task, name="small", doc_ids=task.doc_ids[:4], docs=task.docs.select(range(4)))
+    model = distill([task, small], init=str(setup / "align"), output=str(tmp_path / "both"),
+                    cache_dir=str(setup / "cache"), **QUICK)
+    cost = model.config.training_metadata["distillation"]["teacher_cost"]
+    assert QUICK["candidates"] > 4 and cost["small"]["documents_embedded_by_q"] == 4
+    assert cost["syn"]["documents_embedded_by_q"] == QUICK["teacher_docs"]
