@@ -39,7 +39,7 @@ from era_adapters.losses import alignment_loss
 from era_adapters.ridge import choose_ridge, procrustes, ridge_statistics, set_from_linear
 from era_adapters.search import exact_search
 from era_adapters.sides import EncoderSide, doc_side_from, query_side_from
-from era_adapters.splits import make_split
+from era_adapters.splits import make_split, queries_outside_test
 
 logger = logging.getLogger(__name__)
 HELD_OUT_SHARE = 0.1
@@ -60,13 +60,13 @@ class AlignmentTexts:
 
 def sample_texts(
     tasks: Sequence[Task], num_texts: int, seed: int, query_encoder: Any, with_queries: bool = False,
-    test_fraction: float = 0.5,
+    test_fraction: float = 0.5, split_seed: int = 0,
 ) -> AlignmentTexts:
     """`num_texts` corpus documents per task (seeded), plus the non-test queries if asked.
 
     Documents are fed as they are to both encoders; queries get the query prompt (with their task
-    instruction) on the Q side and stay plain on the D side, as at search time. Test queries are
-    never used, even unlabeled.
+    instruction) on the Q side and stay plain on the D side, as at search time. Test queries of the
+    evaluation's split (`split_seed`) are never used, even unlabeled, nor a query with a test query's text.
     """
     query_side, doc_side, counts, keys = [], [], {}, []
     rng = np.random.default_rng([_SAMPLE_STREAM, seed])
@@ -78,8 +78,8 @@ def sample_texts(
         keys += [("doc", task.doc_ids[int(row)]) for row in rows]
         counts[task.name] = {"documents": len(docs), "queries": 0}
         if with_queries:
-            test = set(make_split(task, seed=seed, test_fraction=test_fraction).test_qids)
-            queries = [q for q in task.queries if q.qid not in test]
+            test = make_split(task, seed=split_seed, test_fraction=test_fraction).test_qids
+            queries = queries_outside_test(task, test)
             query_side += [query_encoder.format_query(q.query, q.instruction) for q in queries]
             doc_side += [q.query for q in queries]
             keys += [("query", q.qid) for q in queries]
@@ -201,6 +201,8 @@ class AlignArguments(VectorArguments, DataArguments):
                                                     "(era_adapters.encoders.choose_prompt_template)")
     default_instruction: str = option("", help="instruction used when a query has none")
     seed: int = option(0, help="seed of the text sample, the corpus cap and the weights", valid=NON_NEGATIVE)
+    split_seed: int = option(0, help="seed of the split whose test queries --with-queries leaves out (evaluate's "
+                                     "--split-seed)", valid=NON_NEGATIVE)
     max_docs: int | None = option(None, help="cap each corpus as the evaluation does", valid=AT_LEAST_ONE)
     embed_batch_size: int = option(32, help="texts per batch when embedding", valid=AT_LEAST_ONE)
 
@@ -249,7 +251,8 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None, 
         d_side.require("query", "--with-queries (stage 1 fits A(Q(query)) ≈ D(query))")
     if args.adapter == "fusion":
         d_side.require("query", "a fusion adapter (at search time it feeds D(query) to its light branch)")
-    texts = sample_texts(loaded, args.num_texts, args.seed, q_side, args.with_queries, args.test_fraction)
+    texts = sample_texts(loaded, args.num_texts, args.seed, q_side, args.with_queries, args.test_fraction,
+                         args.split_seed)
     embed = {"cache_dir": args.cache_dir, "accelerator": accelerator}
     # Texts are already formatted for each side (prompted queries on Q's), so embed them as they are.
     x = q_side.texts(texts.query_side, texts.keys, **embed)
@@ -293,7 +296,7 @@ def run_alignment(args: AlignArguments, accelerator: Accelerator | None = None, 
     config.training_metadata = {
         "mode": "align",
         "tasks": [task.name for task in loaded],
-        "seeds": {"sample": args.seed, "torch": args.seed},
+        "seeds": {"sample": args.seed, "torch": args.seed, "split": args.split_seed},
         "arguments": args.to_dict(),
         "alignment": {
             "num_texts_per_task": args.num_texts,

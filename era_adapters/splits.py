@@ -18,6 +18,7 @@ depends on the test draw.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import numpy as np
 
 from era_adapters.data import Query, Task
 from era_adapters.readers import SPLIT_NAMES, DataError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BUDGETS = (0.05, 0.1, 0.2, 0.4)
 DEFAULT_TEST_FRACTION = 0.5
@@ -161,6 +164,32 @@ def make_split(
     train, val = _draw_protocol(train_pool, dev_pool, counts)
     return TaskSplit(task.name, seed, protocol, len(labeled), test_fraction, val_share, test, train, val,
                      train_pool, dev_pool, source)
+
+
+def text_key(text: str) -> str:
+    """A query's text as the test-query rule compares it: lowercased, spaces collapsed."""
+    return " ".join(text.lower().split())
+
+
+def test_texts(task: Task, test_qids: Sequence[str]) -> set[str]:
+    """The texts (`text_key`) of the task's test queries."""
+    test = set(test_qids)
+    return {text_key(query.query) for query in task.queries if query.qid in test}
+
+
+def queries_outside_test(task: Task, test_qids: Sequence[str], leave_out: Sequence[str] = ()) -> list[Query]:
+    """The task's queries a stage may read without their labels (distillation, stage 1's
+    `--with-queries`): neither a test query nor in `leave_out`, and with no test query's text under
+    another id, which would carry that test query into training; such twins are left out, with a warning."""
+    skip = set(test_qids) | set(leave_out)
+    outside = [query for query in task.queries if query.qid not in skip]
+    forbidden = test_texts(task, test_qids)
+    kept = [query for query in outside if text_key(query.query) not in forbidden]
+    if len(kept) < len(outside):
+        logger.warning("%s: %d of its %d non-test queries have a test query's text (under another id); they are "
+                       "left out so that no test query enters training.", task.name, len(outside) - len(kept),
+                       len(outside))
+    return kept
 
 
 def _check_split_arguments(seed: int, budgets: Sequence[float], test_fraction: float, val_share: float) -> None:

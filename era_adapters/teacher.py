@@ -5,8 +5,9 @@ budgeted sample of each corpus, as targets the adapter learns to reproduce (docs
 For each task:
 
 1. Unlabeled queries: the task's queries outside the test part of its split, labels ignored (or a
-   user's query log; a logged query that is a test query is refused). Stage 2 also leaves out its
-   validation queries, which only choose the epoch.
+   user's query log). A query with a test query's text never enters under any id: a logged one is
+   refused, the task's own are left out. Stage 2 also leaves out its validation queries, which only
+   choose the epoch.
 2. Candidates of a query: its top `candidates` documents in the index as it is, D(q)·D(d), plus
    `random_candidates` seeded random documents of the teacher pool (fresh at every draw); a query's
    own document is never one on tasks that ignore identical ids.
@@ -39,7 +40,7 @@ from era_adapters.losses import distillation_loss
 from era_adapters.readers import DataError, read_query_log
 from era_adapters.search import exact_search
 from era_adapters.sides import EncoderSide, FusedSide, as_side
-from era_adapters.splits import make_split
+from era_adapters.splits import make_split, queries_outside_test, test_texts, text_key
 from era_adapters.supervision import doc2doc_queries
 
 logger = logging.getLogger(__name__)
@@ -69,24 +70,20 @@ class TeacherSettings(Settings):
 
 def unlabeled_queries(task: Task, test_qids: Sequence[str], log: Sequence[Query] | None = None,
                       leave_out: Sequence[str] = ()) -> list[Query]:
-    """The queries a task distils on: `log` if given (none may be a test query of the task), else its
-    queries outside the test part and `leave_out`, labels ignored."""
-    test = set(test_qids)
+    """The queries a task distils on: `log` if given, else its queries outside the test part and
+    `leave_out`, labels ignored. No query with a test query's text enters, whatever its id: the teacher
+    ranks by text alone. A log holding one is refused; the task's own are left out
+    (`splits.queries_outside_test`)."""
     if log is None:
-        skip = test | set(leave_out)
-        return [Query(q.qid, q.query, q.instruction, {}) for q in task.queries if q.qid not in skip]
-    test_texts = {_normalised(q.query) for q in task.queries if q.qid in test}
-    leaked = [q for q in log if _normalised(q.query) in test_texts]
+        return [Query(q.qid, q.query, q.instruction, {}) for q in queries_outside_test(task, test_qids, leave_out)]
+    forbidden = test_texts(task, test_qids)
+    leaked = [q for q in log if text_key(q.query) in forbidden]
     if leaked:
         raise DataError(
             f"{len(leaked)} of the {len(log)} logged queries are test queries of task {task.name!r} (e.g. "
             f"{leaked[0].query[:80]!r}); remove them from the log: training on test queries voids the evaluation."
         )
     return list(log)
-
-
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 @dataclass

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,9 @@ from transformers import AutoModel
 
 from modeling_era import EraAdapter, EraConfig
 from tiny_models import make_tiny_bert, write_task
-from era_adapters.align import align, fit_gradient
+from era_adapters.align import align, fit_gradient, sample_texts
+from era_adapters.data import Query, Task
+from era_adapters.splits import make_split
 from era_adapters.ridge import ridge_statistics, set_from_linear
 from era_adapters.loop import LoopConfig
 
@@ -40,6 +43,24 @@ def test_gradient_refinement_never_ends_worse_than_its_start(tmp_path):
     with torch.no_grad():
         final = torch.nn.functional.cosine_similarity(adapter(torch.from_numpy(x[250:])), torch.from_numpy(y[250:])).mean()
     assert float(final) == pytest.approx(best, abs=1e-6)  # the best epoch's weights are restored
+
+
+class _BareQuery:
+    def format_query(self, query: str, instruction: str) -> str:
+        return query
+
+
+def test_with_queries_leaves_out_the_evaluations_test_queries_and_their_twins():
+    queries = [Query(f"q{i}", f"question {i}", "", {"d0": 1}) for i in range(10)]
+    corpus = datasets.Dataset.from_dict({"id": ["d0"], "doc": ["a document"]})
+    test = make_split(Task("toy", "unknown", ["d0"], corpus, queries), seed=0).test_qids
+    twin = Query("q10", f"  QUESTION {test[0][1:]}", "", {})  # another id, a test query's text
+    task = Task("toy", "unknown", ["d0"], corpus, queries + [twin])
+    # the sample's seed is not the split's: the evaluation's test part (split seed 0) still never enters
+    texts = sample_texts([task], num_texts=1, seed=7, query_encoder=_BareQuery(), with_queries=True, split_seed=0)
+    used = {key for kind, key in texts.keys if kind == "query"}
+    assert used == {q.qid for q in queries} - set(test)
+    assert texts.counts["toy"] == {"documents": 1, "queries": 5}
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,17 @@ def test_unlabeled_queries_are_the_non_test_ones_without_labels():
     assert all(q.labels == {} for q in unlabeled) and unlabeled[0].instruction == "find"
 
 
+def test_a_non_test_query_with_a_test_querys_text_is_left_out(caplog):
+    task = toy_task()
+    twin = Query("q9", "  QUESTION number 1", "find", {"d0": 1})  # another id, the text of test query q1
+    task = Task("toy", "unknown", ["d0"], None, task.queries + [twin])
+    with caplog.at_level("WARNING"):
+        unlabeled = unlabeled_queries(task, ["q0", "q1"])
+    assert [q.qid for q in unlabeled] == ["q2", "q3", "q4", "q5"]
+    assert "1 of its 5 non-test queries have a test query's text" in caplog.text
+    assert [q.qid for q in unlabeled_queries(task, ["q0"])] == ["q1", "q2", "q3", "q4", "q5", "q9"]
+
+
 def test_a_query_log_with_a_test_query_is_refused(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("a fresh question\n\n  Question   number 1 \n")
