@@ -171,10 +171,10 @@ def text_key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def test_texts(task: Task, test_qids: Sequence[str]) -> set[str]:
-    """The texts (`text_key`) of the task's test queries."""
-    test = set(test_qids)
-    return {text_key(query.query) for query in task.queries if query.qid in test}
+def query_texts(task: Task, qids: Sequence[str]) -> set[str]:
+    """The texts (`text_key`) of these queries of the task."""
+    chosen = set(qids)
+    return {text_key(query.query) for query in task.queries if query.qid in chosen}
 
 
 def queries_outside_test(task: Task, test_qids: Sequence[str], leave_out: Sequence[str] = ()) -> list[Query]:
@@ -183,7 +183,7 @@ def queries_outside_test(task: Task, test_qids: Sequence[str], leave_out: Sequen
     another id, which would carry that test query into training; such twins are left out, with a warning."""
     skip = set(test_qids) | set(leave_out)
     outside = [query for query in task.queries if query.qid not in skip]
-    forbidden = test_texts(task, test_qids)
+    forbidden = query_texts(task, test_qids)
     kept = [query for query in outside if text_key(query.query) not in forbidden]
     if len(kept) < len(outside):
         logger.warning("%s: %d of its %d non-test queries have a test query's text (under another id); they are "

@@ -40,7 +40,7 @@ from era_adapters.losses import distillation_loss
 from era_adapters.readers import DataError, read_query_log
 from era_adapters.search import exact_search
 from era_adapters.sides import EncoderSide, FusedSide, as_side
-from era_adapters.splits import make_split, queries_outside_test, test_texts, text_key
+from era_adapters.splits import make_split, queries_outside_test, query_texts, text_key
 from era_adapters.supervision import doc2doc_queries
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def unlabeled_queries(task: Task, test_qids: Sequence[str], log: Sequence[Query]
     (`splits.queries_outside_test`)."""
     if log is None:
         return [Query(q.qid, q.query, q.instruction, {}) for q in queries_outside_test(task, test_qids, leave_out)]
-    forbidden = test_texts(task, test_qids)
+    forbidden = query_texts(task, test_qids)
     leaked = [q for q in log if text_key(q.query) in forbidden]
     if leaked:
         raise DataError(
